@@ -1,0 +1,137 @@
+"""Multi-head attention: self (padded or causal), cross, and cached incremental decoding.
+
+One module serves all three uses; the caller passes the mask, the optional logit bias and the
+optional rotation of q/k. Logits and softmax are computed in float32 whatever the compute dtype.
+
+Two kernels compute the same function:
+  * `jax.nn.dot_product_attention` (XLA here; cuDNN's fused kernel on GPU with
+    `implementation="cudnn"`), used whenever nothing needs the attention weights themselves;
+  * an explicit einsum path, used when attention-weight dropout is active (the fused kernel has
+    no dropout) or when the caller collects the weights (the `intermediates` collection is
+    mutable, e.g. for attention pictures).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xformer.layers import EMBED, HEADS, KV, dense
+
+Array = jax.Array
+
+
+def attention_weights(q: Array, k: Array, mask: Array | None, bias: Array | None) -> Array:
+  """softmax(q k^T / sqrt(H) + bias) with masked logits removed, in float32.
+
+  Args:
+    q: [B, T, N, H]; k: [B, S, N, H].
+    mask: bool, broadcastable to [B, N, T, S]; True = may attend.
+    bias: float, broadcastable to [B, N, T, S].
+
+  Returns:
+    [B, N, T, S] float32 probabilities. A row with no visible key is uniform (never NaN).
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    # Replacing (not adding to) masked logits keeps a fully masked row finite: it becomes uniform.
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1)  # [B, N, T, S]
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head scaled dot-product attention (paper section 3.2).
+
+  Attributes:
+    num_heads: N.
+    head_dim: H (d_k = d_v).
+    dropout_rate: dropout on the attention weights.
+    rotate_fn: optional f(x [B, T, N, H], positions [B, T]) -> x applied to q and k (RoPE);
+      only meaningful for self-attention.
+    implementation: kernel of `jax.nn.dot_product_attention`: None/"xla" or "cudnn".
+    dtype: compute dtype; param_dtype: parameter dtype.
+  """
+
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  rotate_fn: Callable[[Array, Array], Array] | None = None
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(
+      self,
+      x_q: Array,
+      x_kv: Array,
+      *,
+      mask: Array | None,
+      bias: Array | None = None,
+      positions: Array | None = None,
+      deterministic: bool = True,
+      decode_index: Array | None = None,
+  ) -> Array:
+    """Attends from x_q [B, T, D] to x_kv [B, S, D]; returns [B, T, D].
+
+    Args:
+      x_q: queries' inputs [B, T, D].
+      x_kv: keys' and values' inputs [B, S, D] (x_q itself for self-attention).
+      mask: bool [B, 1|N, T, S] (in decode mode: over cache slots, [B|1, 1, T, L]).
+      bias: float [B|1, N, T, S] added to the logits (ALiBi, T5), or None.
+      positions: [B, T] positions of x_q (= of x_kv in self-attention), for `rotate_fn`.
+      deterministic: disables dropout.
+      decode_index: cache slot of x_q's first token. When given, this is cached self-attention:
+        the new keys and values are written to slots decode_index.. of the cache (created with
+        the length of x_q on first call, the initialisation call) and queries attend to the cache.
+    """
+    d_model = x_q.shape[-1]
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    heads = (self.num_heads, self.head_dim)
+    q = dense(heads, (EMBED, HEADS, KV), name="query", **kw)(x_q)  # [B, T, N, H]
+    k = dense(heads, (EMBED, HEADS, KV), name="key", **kw)(x_kv)  # [B, S, N, H]
+    v = dense(heads, (EMBED, HEADS, KV), name="value", **kw)(x_kv)  # [B, S, N, H]
+
+    if self.rotate_fn is not None:
+      q = self.rotate_fn(q, positions)
+      k = self.rotate_fn(k, positions)
+
+    if decode_index is not None:
+      k, v = self._update_cache(k, v, decode_index)  # [B, L, N, H] each
+
+    if (self.dropout_rate > 0.0 and not deterministic) or self.is_mutable_collection(
+        "intermediates"):
+      probs = attention_weights(q, k, mask, bias)  # [B, N, T, S]
+      self.sow("intermediates", "attention_weights", probs)
+      probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+      out = jnp.einsum("BNTS,BSNH->BTNH", probs.astype(v.dtype), v)  # [B, T, N, H]
+    else:
+      out = jax.nn.dot_product_attention(
+          q, k, v,
+          # XLA adds the bias to float32 logits, so keep it float32 (ALiBi's large distances lose
+          # their differences in bf16); cuDNN wants it in the compute dtype.
+          bias=bias if bias is None or self.implementation != "cudnn" else bias.astype(q.dtype),
+          mask=mask,
+          implementation=self.implementation,
+      )  # [B, T, N, H]
+    return dense(d_model, (HEADS, KV, EMBED), axis=(-2, -1), name="out", **kw)(out)  # [B, T, D]
+
+  def _update_cache(self, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
+    """Writes k, v [B, T, N, H] at cache slot `index`; returns the whole cache [B, L, N, H]."""
+    initialized = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    if not initialized:  # The initialisation call only fixes the cache shape [B, L, N, H].
+      return k, v
+    start = (0, index, 0, 0)
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
+                                                  start)
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
+                                                  start)
+    return cached_k.value, cached_v.value

@@ -1,0 +1,102 @@
+"""Small building blocks: logical axis names, dense projections, the feed-forward block, norms.
+
+Every parameter carries logical axis names (constants below); `xformer.sharding` maps them onto a
+device mesh, so nothing here knows about devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Logical axis names of parameters (and, with a leading LAYERS axis, of scanned layer stacks).
+VOCAB = "vocab"
+EMBED = "embed"
+MLP = "mlp"
+HEADS = "heads"
+KV = "kv"
+LAYERS = "layers"
+
+Array = jax.Array
+Dtype = Any
+
+# name -> (activation, gated). Gated variants compute act(x W_gate) * (x W_up) (Shazeer 2020).
+ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], bool]] = {
+    "relu": (nn.relu, False),
+    "gelu": (nn.gelu, False),
+    "swiglu": (nn.silu, True),
+    "geglu": (nn.gelu, True),
+}
+
+default_kernel_init = nn.initializers.xavier_uniform()
+
+
+def dense(features, axes: tuple[str | None, ...], *, axis=-1, use_bias: bool, dtype: Dtype,
+          param_dtype: Dtype, name: str, kernel_init=default_kernel_init) -> nn.DenseGeneral:
+  """A `DenseGeneral` whose kernel (and bias) carry logical axis names.
+
+  Args:
+    features: output features, an int or a tuple (e.g. (N, H) for a head projection).
+    axes: logical names of every kernel dimension, inputs first (e.g. (EMBED, HEADS, KV)).
+    axis: input axes contracted (e.g. (-2, -1) for the [N, H] -> D output projection).
+    use_bias: whether to add a bias.
+    dtype: compute dtype; param_dtype: storage dtype.
+    name: parameter scope name.
+    kernel_init: initializer of the (flattened 2-D) kernel.
+  """
+  n_out = len(features) if isinstance(features, tuple) else 1
+  return nn.DenseGeneral(
+      features=features,
+      axis=axis,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]),
+      name=name,
+  )
+
+
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+  """LayerNorm with logically-named scale and bias; statistics are always computed in float32."""
+  return nn.LayerNorm(
+      epsilon=eps,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)),
+      name=name,
+  )
+
+
+class FeedForward(nn.Module):
+  """Position-wise feed-forward block: FFN(x) = act(x W1 + b1) W2 + b2 (paper eq. 2).
+
+  Attributes:
+    d_ff: hidden width F.
+    activation: a key of ACTIVATIONS ("relu" as in the paper, "gelu", "swiglu", "geglu").
+    dropout_rate: dropout on the hidden activations (0 in the paper; tensor2tensor's relu_dropout).
+    dtype: compute dtype; param_dtype: parameter dtype.
+  """
+
+  d_ff: int
+  activation: str = "relu"
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"Unknown activation {self.activation!r}; valid: {sorted(ACTIVATIONS)}.")
+    act, gated = ACTIVATIONS[self.activation]
+    d_model = x.shape[-1]
+    kw = dict(use_bias=not gated, dtype=self.dtype, param_dtype=self.param_dtype)
+    h = act(dense(self.d_ff, (EMBED, MLP), name="wi", **kw)(x))  # [B, T, F]
+    if gated:
+      h = h * dense(self.d_ff, (EMBED, MLP), name="wi_up", **kw)(x)  # [B, T, F]
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return dense(d_model, (MLP, EMBED), name="wo", **kw)(h)  # [B, T, D]

@@ -1,0 +1,321 @@
+"""The Transformer (encoder-decoder) and a decoder-only LM, in flax.linen.
+
+Parameter layout (checkpoints depend on it): each stack's layers live under `.../layers/...` with
+a leading axis of size num_layers (logical name "layers"), because the stack is one layer run
+under `nn.scan`: one compiled layer whatever the depth, and per-layer rematerialisation.
+
+    Transformer params: embed/embedding [V, D]          (shared source/target/output table)
+                        src_embed/embedding [V_src, D]  (only when share_embeddings=False)
+                        encoder/{posemb?, layers/*, final_norm?}
+                        decoder/{posemb?, layers/*, final_norm?, logits?}
+    DecoderOnlyLM params: embed/embedding, decoder/{...} as above, without cross-attention.
+
+Token id 0 is padding everywhere (see xformer.masks); sequences carry explicit positions and
+segment ids so packed rows and cached decoding need no special cases.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xformer import layers, masks, positional
+from xformer.attention import MultiHeadAttention
+from xformer.layers import EMBED, LAYERS, VOCAB
+from xformer.variants import ModelConfig
+
+Array = jax.Array
+
+_REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
+    "full": None,  # Save nothing; recompute the whole layer in the backward pass.
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _residual(cfg: ModelConfig, x: Array, sublayer: Callable[[Array], Array], norm: nn.Module,
+              deterministic: bool) -> Array:
+  """Post-LN: LN(x + drop(f(x))) as in the paper; pre-LN: x + drop(f(LN(x)))."""
+  pre = cfg.norm == "pre"
+  y = sublayer(norm(x) if pre else x)
+  x = x + nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+  return x if pre else norm(x)
+
+
+def _norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  return layers.layer_norm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.params_dtype, name)
+
+
+def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttention:
+  return MultiHeadAttention(
+      num_heads=cfg.num_heads, head_dim=cfg.heads_dim, dropout_rate=cfg.attention_dropout,
+      rotate_fn=rotate_fn, implementation=cfg.attention_impl, dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype, name=name)
+
+
+def _feed_forward(cfg: ModelConfig, x: Array, deterministic: bool) -> Array:
+  return layers.FeedForward(
+      cfg.d_ff, cfg.activation, cfg.ffn_dropout, cfg.compute_dtype, cfg.params_dtype,
+      name="ffn")(x, deterministic)
+
+
+class EncoderLayer(nn.Module):
+  """Self-attention and feed-forward, each wrapped in residual + LayerNorm. Scan body."""
+
+  cfg: ModelConfig
+  rotate_fn: Callable[[Array, Array], Array] | None = None
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, bias: Array | None, positions: Array):
+    cfg, det = self.cfg, self.deterministic
+    attn = _attention(cfg, "self_attention", self.rotate_fn)
+    x = _residual(cfg, x, lambda y: attn(y, y, mask=mask, bias=bias, positions=positions,
+                                         deterministic=det), _norm(cfg, "norm_attention"), det)
+    x = _residual(cfg, x, lambda y: _feed_forward(cfg, y, det), _norm(cfg, "norm_ffn"), det)
+    return x, None  # [B, S, D]
+
+
+class DecoderLayer(nn.Module):
+  """Causal self-attention (KV-cached in decode mode), optional cross-attention, feed-forward."""
+
+  cfg: ModelConfig
+  has_cross: bool = True
+  rotate_fn: Callable[[Array, Array], Array] | None = None
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array | None, self_mask: Array, cross_mask: Array | None,
+               bias: Array | None, positions: Array, decode_index: Array | None):
+    cfg, det = self.cfg, self.deterministic
+    attn = _attention(cfg, "self_attention", self.rotate_fn)
+    x = _residual(cfg, x, lambda y: attn(y, y, mask=self_mask, bias=bias, positions=positions,
+                                         deterministic=det, decode_index=decode_index),
+                  _norm(cfg, "norm_attention"), det)
+    if self.has_cross:
+      cross = _attention(cfg, "cross_attention")
+      x = _residual(cfg, x, lambda y: cross(y, encoded, mask=cross_mask, deterministic=det),
+                    _norm(cfg, "norm_cross"), det)
+    x = _residual(cfg, x, lambda y: _feed_forward(cfg, y, det), _norm(cfg, "norm_ffn"), det)
+    return x, None  # [B, T, D]
+
+
+def _stack(layer_cls: type[nn.Module], cfg: ModelConfig, num_layers: int, num_args: int):
+  """`layer_cls` rematerialised per cfg.remat and scanned `num_layers` times."""
+  if cfg.remat != "none":
+    layer_cls = nn.remat(layer_cls, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
+  return nn.scan(
+      layer_cls,
+      variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast,) * num_args,
+      length=num_layers,
+      metadata_params={nn.PARTITION_NAME: LAYERS},
+  )
+
+
+def _embedding(cfg: ModelConfig, vocab_size: int, name: str) -> nn.Embed:
+  # std D^-0.5 so that the sqrt(D)-scaled embedding has unit variance (as in tensor2tensor).
+  init = nn.initializers.normal(stddev=cfg.d_model**-0.5)
+  return nn.Embed(vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                  embedding_init=nn.with_logical_partitioning(init, (VOCAB, EMBED)), name=name)
+
+
+def _posemb(cfg: ModelConfig, bidirectional: bool) -> positional.PositionalEncoding:
+  return positional.make(cfg.posemb, dict(cfg.posemb_kw), d_model=cfg.d_model,
+                         num_heads=cfg.num_heads, max_len=cfg.max_len, bidirectional=bidirectional,
+                         param_dtype=cfg.params_dtype, name="posemb")
+
+
+def _embed_tokens(cfg: ModelConfig, embed: nn.Embed, pe: positional.PositionalEncoding,
+                  tokens: Array, positions: Array, deterministic: bool) -> Array:
+  """Scaled token embeddings plus the additive positional encoding, then dropout (section 3.4)."""
+  x = embed(tokens) * jnp.sqrt(cfg.d_model).astype(cfg.compute_dtype)  # [B, T, D]
+  if positional.ADD in pe.HOOKS:
+    x = x + pe.embed(positions).astype(x.dtype)
+  return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+
+
+def _default_positions(tokens: Array, start: Array | int = 0) -> Array:
+  return jnp.broadcast_to(start + jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+class Encoder(nn.Module):
+  """Embeds source tokens and runs the encoder stack. Returns [B, S, D]."""
+
+  cfg: ModelConfig
+  embed: nn.Embed
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Array, segments: Array, deterministic: bool):
+    cfg = self.cfg
+    pe = _posemb(cfg, bidirectional=True)
+    x = _embed_tokens(cfg, self.embed, pe, tokens, positions, deterministic)  # [B, S, D]
+    mask = masks.attention_mask(segments, segments)  # [B, 1, S, S]
+    bias = pe.bias(positions, positions) if positional.BIAS in pe.HOOKS else None
+    rotate = pe.rotate_fn() if positional.ROTATE in pe.HOOKS else None
+    stack = _stack(EncoderLayer, cfg, cfg.num_encoder_layers, num_args=3)
+    x, _ = stack(cfg, rotate, deterministic, name="layers")(x, mask, bias, positions)
+    return _norm(cfg, "final_norm")(x) if cfg.norm == "pre" else x
+
+
+class Decoder(nn.Module):
+  """Embeds target tokens, runs the causal decoder stack and projects to vocabulary logits.
+
+  In decode mode the KV cache lives in the `cache` collection: `index` (next slot), `positions`
+  ([B, L], the position of the token in each slot) and each layer's keys and values. The first
+  call with decode=True (through `init_cache`) only fixes the cache length L = tokens.shape[1].
+  """
+
+  cfg: ModelConfig
+  embed: nn.Embed
+  has_cross: bool
+
+  @nn.compact
+  def __call__(self, tokens: Array, encoded: Array | None, enc_segments: Array | None,
+               positions: Array | None, segments: Array | None, deterministic: bool,
+               decode: bool) -> Array:
+    cfg = self.cfg
+    batch, length = tokens.shape
+    decode_index = None
+    if decode:
+      initialized = self.has_variable("cache", "index")
+      index = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
+      slot_pos = self.variable("cache", "positions", jnp.zeros, (batch, length), jnp.int32)
+      decode_index = index.value
+      if positions is None:
+        positions = _default_positions(tokens, decode_index)
+      if initialized:
+        slot_pos.value = jax.lax.dynamic_update_slice(slot_pos.value, positions, (0, decode_index))
+        index.value = decode_index + length
+      key_positions = slot_pos.value  # [B, L]
+      self_mask = masks.decode_mask(decode_index, length, key_positions.shape[1])  # [1,1,T,L]
+    else:
+      positions = _default_positions(tokens) if positions is None else positions
+      key_positions = positions
+      if segments is None:
+        self_mask = masks.causal_mask(length, length)[None, None]  # [1, 1, T, T]
+      else:
+        self_mask = masks.attention_mask(segments, segments, causal=True)  # [B, 1, T, T]
+
+    cross_mask = None
+    if self.has_cross:
+      if segments is not None and not decode:  # Packed: queries see their own source segment.
+        cross_mask = masks.attention_mask(segments, enc_segments)  # [B, 1, T, S]
+      else:
+        cross_mask = masks.key_padding_mask(enc_segments)  # [B, 1, 1, S]
+
+    pe = _posemb(cfg, bidirectional=False)
+    x = _embed_tokens(cfg, self.embed, pe, tokens, positions, deterministic)  # [B, T, D]
+    bias = pe.bias(positions, key_positions) if positional.BIAS in pe.HOOKS else None
+    rotate = pe.rotate_fn() if positional.ROTATE in pe.HOOKS else None
+    stack = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, num_args=6)
+    x, _ = stack(cfg, self.has_cross, rotate, deterministic, name="layers")(
+        x, encoded, self_mask, cross_mask, bias, positions, decode_index)
+    if cfg.norm == "pre":
+      x = _norm(cfg, "final_norm")(x)
+    if cfg.tie_output:
+      logits = self.embed.attend(x)  # [B, T, V]
+    else:
+      logits = layers.dense(cfg.vocab_size, (EMBED, VOCAB), use_bias=True,
+                            dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                            name="logits")(x)  # [B, T, V]
+    return logits.astype(jnp.float32)
+
+
+class Transformer(nn.Module):
+  """Encoder-decoder Transformer (Vaswani et al. 2017).
+
+  `tgt_in` is the decoder input, the target shifted right behind a BOS token; the data pipeline
+  builds it, so packed rows shift per segment.
+  """
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embed = _embedding(cfg, cfg.vocab_size, "embed")
+    src_embed = self.embed if cfg.share_embeddings else _embedding(
+        cfg, cfg.source_vocab_size, "src_embed")
+    self.encoder = Encoder(cfg, src_embed)
+    self.decoder = Decoder(cfg, self.embed, has_cross=True)
+
+  def encode(self, src: Array, src_positions: Array | None = None,
+             src_segments: Array | None = None, deterministic: bool = True) -> Array:
+    """Source tokens [B, S] -> encoder output [B, S, D]."""
+    src_segments = masks.segments_from_tokens(src) if src_segments is None else src_segments
+    src_positions = _default_positions(src) if src_positions is None else src_positions
+    return self.encoder(src, src_positions, src_segments, deterministic)
+
+  def decode(self, encoded: Array, src_segments: Array, tgt_in: Array,
+             tgt_positions: Array | None = None, tgt_segments: Array | None = None,
+             deterministic: bool = True, decode: bool = False) -> Array:
+    """Encoder output [B, S, D], source segment ids [B, S] and decoder input [B, T] -> logits
+    [B, T, V] float32. With decode=True, `tgt_in` continues the cached prefix."""
+    return self.decoder(tgt_in, encoded, src_segments, tgt_positions, tgt_segments,
+                        deterministic, decode)
+
+  def __call__(self, src: Array, tgt_in: Array, src_positions: Array | None = None,
+               tgt_positions: Array | None = None, src_segments: Array | None = None,
+               tgt_segments: Array | None = None, deterministic: bool = True,
+               decode: bool = False) -> Array:
+    """Teacher-forced logits [B, T, V] for source [B, S] and decoder input [B, T]."""
+    src_segments = masks.segments_from_tokens(src) if src_segments is None else src_segments
+    encoded = self.encode(src, src_positions, src_segments, deterministic)
+    return self.decode(encoded, src_segments, tgt_in, tgt_positions, tgt_segments,
+                       deterministic, decode)
+
+
+class DecoderOnlyLM(nn.Module):
+  """Decoder-only causal language model (GPT style); depth is cfg.num_decoder_layers."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    self.embed = _embedding(self.cfg, self.cfg.vocab_size, "embed")
+    self.decoder = Decoder(self.cfg, self.embed, has_cross=False)
+
+  def __call__(self, tokens: Array, positions: Array | None = None, segments: Array | None = None,
+               deterministic: bool = True, decode: bool = False) -> Array:
+    """Next-token logits [B, T, V] float32 for tokens [B, T]."""
+    return self.decoder(tokens, None, None, positions, segments, deterministic, decode)
+
+
+def init_cache(model: Transformer | DecoderOnlyLM, batch_size: int, max_len: int) -> Any:
+  """An empty KV cache for decoding up to `max_len` tokens, without running the model."""
+
+  def init():
+    tgt = jnp.zeros((batch_size, max_len), jnp.int32)
+    if isinstance(model, Transformer):
+      return model.init(jax.random.key(0), jnp.ones((batch_size, 1), jnp.int32), tgt, decode=True)
+    return model.init(jax.random.key(0), tgt, decode=True)
+
+  shapes = jax.eval_shape(init)["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def init_params(model: Transformer | DecoderOnlyLM, rng: Array, batch_size: int = 1,
+                length: int = 8) -> Any:
+  """Initialised parameters, unboxed (logical axis metadata stripped)."""
+  tokens = jnp.ones((batch_size, length), jnp.int32)
+  args = (tokens, tokens) if isinstance(model, Transformer) else (tokens,)
+  return nn.unbox(jax.jit(model.init)(rng, *args)["params"])
+
+
+def logical_axes(model: Transformer | DecoderOnlyLM) -> Any:
+  """Pytree of logical axis names (a PartitionSpec per parameter), without allocating params."""
+  tokens = jnp.ones((1, 8), jnp.int32)
+  args = (tokens, tokens) if isinstance(model, Transformer) else (tokens,)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
+  return nn.get_partition_spec(boxed)
+
+
+def make_model(cfg: ModelConfig, kind: str = "translation") -> Transformer | DecoderOnlyLM:
+  """`Transformer` for kind="translation", `DecoderOnlyLM` for kind="lm"."""
+  kinds = {"translation": Transformer, "lm": DecoderOnlyLM}
+  if kind not in kinds:
+    raise ValueError(f"Unknown model kind {kind!r}; valid: {sorted(kinds)}.")
+  return kinds[kind](cfg)
