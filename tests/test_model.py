@@ -1,0 +1,185 @@
+"""Model properties for every registered positional encoding and both model types.
+
+Causality (the future never leaks), padding (padded source tokens are invisible), cached decoding
+(one token at a time with the KV cache equals the full forward pass), packing (a packed row equals
+its examples run alone), and the paper's parameter counts.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xformer import model as model_lib
+from xformer import positional, variants
+
+ENCODINGS = ["none", "sinusoidal", "learned", "rope", "alibi", "t5_bias"]
+assert set(ENCODINGS) <= set(positional.names())
+
+
+def _cfg(posemb, **kw):
+  return variants.variant("tiny", vocab_size=32, d_model=32, num_heads=4, d_ff=64,
+                          num_encoder_layers=2, num_decoder_layers=2, posemb=posemb, max_len=16,
+                          **kw)
+
+
+def _tokens(key, shape):
+  return jax.random.randint(jax.random.key(key), shape, 3, 32)
+
+
+def _pack(rows):
+  """Packs [(tokens, ...)] into one row: tokens, segment ids (1, 2, ...), restarting positions."""
+  tokens = jnp.concatenate(rows)[None]
+  segments = jnp.concatenate([jnp.full(len(r), i + 1) for i, r in enumerate(rows)])[None]
+  positions = jnp.concatenate([jnp.arange(len(r)) for r in rows])[None]
+  return tokens, segments, positions
+
+
+@pytest.mark.parametrize("posemb", ENCODINGS)
+def test_translation_model_properties(posemb):
+  model = model_lib.Transformer(_cfg(posemb))
+  params = model_lib.init_params(model, jax.random.key(0))
+  apply = jax.jit(model.apply)
+  src = _tokens(1, (2, 7)).at[1, 4:].set(0)  # Row 1: 4 real tokens, 3 padding.
+  tgt = _tokens(2, (2, 6))
+  logits = apply({"params": params}, src, tgt)  # [B, T, V]
+  assert logits.shape == (2, 6, 32) and logits.dtype == jnp.float32
+
+  # Causality: changing target tokens 3.. leaves logits 0..2 untouched.
+  changed = apply({"params": params}, src, tgt.at[:, 3:].set(_tokens(3, (2, 3))))
+  np.testing.assert_allclose(changed[:, :3], logits[:, :3], atol=1e-6)
+  assert float(jnp.abs(changed[:, 3:] - logits[:, 3:]).max()) > 1e-3  # ...but later ones move.
+
+  # Padding: whatever sits in padded source slots (segment 0) changes nothing.
+  segments = (src != 0).astype(jnp.int32)
+  noisy = apply({"params": params}, src.at[1, 4:].set(_tokens(4, (3,))), tgt,
+                src_segments=segments)
+  np.testing.assert_allclose(noisy, logits, atol=1e-6)
+
+  # Cached decoding, one token at a time, equals the full forward pass.
+  encoded = jax.jit(lambda p, s: model.apply({"params": p}, s, method="encode"))(params, src)
+
+  @jax.jit
+  def step(cache, token):
+    out, state = model.apply({"params": params, "cache": cache}, encoded, segments, token,
+                             decode=True, method="decode", mutable=["cache"])
+    return out, state["cache"]
+
+  cache = model_lib.init_cache(model, batch_size=2, max_len=6)
+  for t in range(6):
+    out, cache = step(cache, tgt[:, t:t + 1])
+    np.testing.assert_allclose(out[:, 0], logits[:, t], atol=1e-5, err_msg=f"step {t}")
+
+  # Packing: two examples in one row give the logits they give alone. Shapes match the batch
+  # above ([2, 7] and [2, 6]) so that nothing recompiles.
+  pairs = [(_tokens(5, (3,)), _tokens(6, (4,))), (_tokens(7, (4,)), _tokens(8, (2,)))]
+  p_src, p_src_seg, p_src_pos = _pack([s for s, _ in pairs])
+  p_tgt, p_tgt_seg, p_tgt_pos = _pack([t for _, t in pairs])
+  two = lambda x: jnp.concatenate([x, x])  # [1, L] -> [2, L]
+  packed = apply({"params": params}, two(p_src), two(p_tgt), src_positions=two(p_src_pos),
+                 tgt_positions=two(p_tgt_pos), src_segments=two(p_src_seg),
+                 tgt_segments=two(p_tgt_seg))
+  alone_src = jnp.stack([jnp.pad(s, (0, 7 - len(s))) for s, _ in pairs])  # [2, 7], 0-padded
+  alone_tgt = jnp.stack([jnp.pad(t, (0, 6 - len(t))) for _, t in pairs])  # [2, 6]
+  alone = apply({"params": params}, alone_src, alone_tgt)
+  np.testing.assert_allclose(packed[0, :4], alone[0, :4], atol=1e-5)
+  np.testing.assert_allclose(packed[0, 4:], alone[1, :2], atol=1e-5)
+
+
+@pytest.mark.parametrize("posemb", ENCODINGS)
+def test_decoder_only_lm_properties(posemb):
+  model = model_lib.DecoderOnlyLM(_cfg(posemb))
+  params = model_lib.init_params(model, jax.random.key(0))
+  apply = jax.jit(model.apply)
+  tokens = _tokens(1, (2, 8))
+  logits = apply({"params": params}, tokens)
+
+  changed = apply({"params": params}, tokens.at[:, 5:].set(_tokens(2, (2, 3))))
+  np.testing.assert_allclose(changed[:, :5], logits[:, :5], atol=1e-6)
+  assert float(jnp.abs(changed[:, 5:] - logits[:, 5:]).max()) > 1e-3
+
+  @jax.jit
+  def step(cache, chunk):
+    out, state = model.apply({"params": params, "cache": cache}, chunk, decode=True,
+                             mutable=["cache"])
+    return out, state["cache"]
+
+  # A 3-token prompt in one call (prefill), then one token at a time.
+  cache = model_lib.init_cache(model, batch_size=2, max_len=8)
+  out, cache = step(cache, tokens[:, :3])
+  np.testing.assert_allclose(out, logits[:, :3], atol=1e-5)
+  for t in range(3, 8):
+    out, cache = step(cache, tokens[:, t:t + 1])
+    np.testing.assert_allclose(out[:, 0], logits[:, t], atol=1e-5, err_msg=f"step {t}")
+
+  rows = [_tokens(3, (5,)), _tokens(4, (3,))]
+  p_tok, p_seg, p_pos = _pack(rows)  # [1, 8]
+  packed = apply({"params": params}, jnp.concatenate([p_tok, p_tok]),
+                 positions=jnp.concatenate([p_pos, p_pos]),
+                 segments=jnp.concatenate([p_seg, p_seg]))
+  alone = apply({"params": params}, jnp.stack([jnp.pad(r, (0, 8 - len(r))) for r in rows]))
+  np.testing.assert_allclose(packed[0, :5], alone[0, :5], atol=1e-5)
+  np.testing.assert_allclose(packed[0, 5:], alone[1, :3], atol=1e-5)
+
+
+def _num_params(cfg):
+  model = model_lib.Transformer(cfg)
+  shapes = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize("name, paper", [("base", 65e6), ("big", 213e6)])
+def test_parameter_counts_match_the_paper(name, paper):
+  count = _num_params(variants.variant(name, vocab_size=37_000))
+  assert abs(count - paper) / paper < 0.05, f"{name}: {count:,} parameters vs {paper:,.0f}"
+
+
+@pytest.mark.parametrize("change", [dict(norm="pre"), dict(activation="swiglu"),
+                                    dict(share_embeddings=False, tie_output=False,
+                                         src_vocab_size=40)])
+def test_options_build_and_run(change):
+  model = model_lib.Transformer(_cfg("sinusoidal", **change))
+  params = model_lib.init_params(model, jax.random.key(0))
+  logits = jax.jit(model.apply)({"params": params}, _tokens(1, (2, 5)), _tokens(2, (2, 4)))
+  assert logits.shape == (2, 4, 32) and np.isfinite(logits).all()
+  if "src_vocab_size" in change:
+    assert params["src_embed"]["embedding"].shape == (40, 32)
+    assert params["decoder"]["logits"]["kernel"].shape == (32, 32)
+  if change.get("norm") == "pre":
+    assert "final_norm" in params["encoder"] and "final_norm" in params["decoder"]
+
+
+def test_remat_changes_memory_not_math():
+  src, tgt = _tokens(1, (2, 5)), _tokens(2, (2, 4))
+  results = []
+  for remat in ("none", "full"):
+    model = model_lib.Transformer(_cfg("rope", remat=remat))
+    params = model_lib.init_params(model, jax.random.key(0))
+
+    def loss(p):
+      out = model.apply({"params": p}, src, tgt, deterministic=False,
+                        rngs={"dropout": jax.random.key(3)})
+      return jnp.mean(out**2)
+
+    results.append(jax.jit(jax.value_and_grad(loss))(params))
+  for other in results[1:]:
+    np.testing.assert_allclose(other[0], results[0][0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), other[1],
+                 results[0][1])
+
+
+def test_bf16_compute_keeps_fp32_params_and_logits():
+  model = model_lib.Transformer(_cfg("alibi", dtype="bfloat16"))
+  params = model_lib.init_params(model, jax.random.key(0))
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+  logits = jax.jit(model.apply)({"params": params}, _tokens(1, (2, 5)), _tokens(2, (2, 4)))
+  assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
+
+
+def test_bad_model_config_fails_before_compiling():
+  with pytest.raises(ValueError, match="not divisible by num_heads"):
+    variants.variant("tiny", d_model=30)
+  with pytest.raises(ValueError, match="choose one of"):
+    variants.variant("tiny", norm="middle")
+  with pytest.raises(KeyError, match="valid: tiny, small, base, big"):
+    variants.variant("huge")

@@ -1,0 +1,143 @@
+"""Positional encodings against independent formulas, and the registry's contract."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xformer import model as model_lib
+from xformer import positional, variants
+
+
+def test_names_lists_the_six_required_encodings():
+  assert {"none", "sinusoidal", "learned", "rope", "alibi", "t5_bias"} <= set(positional.names())
+
+
+@pytest.mark.parametrize("d_model", [8, 64, 512])
+def test_sinusoidal_matches_paper_formula(d_model):
+  positions = np.arange(0, 300, 7)
+  ref = np.zeros((len(positions), d_model))
+  for row, pos in enumerate(positions):  # Section 3.5, written out element by element.
+    for i in range(d_model // 2):
+      ref[row, 2 * i] = math.sin(pos / 10000 ** (2 * i / d_model))
+      ref[row, 2 * i + 1] = math.cos(pos / 10000 ** (2 * i / d_model))
+  got = np.asarray(positional.sinusoidal(jnp.asarray(positions), d_model))
+  assert got.shape == (len(positions), d_model)
+  np.testing.assert_allclose(got, ref, atol=2e-4)  # float32 angles up to ~300 rad.
+
+
+def test_rope_matches_complex_reference():
+  rng = np.random.default_rng(0)
+  b, t, n, h = 2, 9, 3, 16
+  x = rng.normal(size=(b, t, n, h)).astype(np.float32)
+  positions = rng.integers(0, 1000, size=(b, t))
+  got = np.asarray(positional.apply_rope(jnp.asarray(x), jnp.asarray(positions), base=500.0))
+  # Half-split pairing: the complex number x[i] + 1j * x[i + h/2] turns by pos * base^(-2i/h).
+  z = x[..., : h // 2] + 1j * x[..., h // 2:]
+  theta = 500.0 ** (-2.0 * np.arange(h // 2) / h)
+  z = z * np.exp(1j * positions[:, :, None, None] * theta)
+  ref = np.concatenate([z.real, z.imag], axis=-1)
+  np.testing.assert_allclose(got, ref, atol=2e-4)
+
+
+def test_rope_dot_product_depends_only_on_offset():
+  rng = np.random.default_rng(1)
+  q = jnp.asarray(rng.normal(size=(1, 1, 1, 32)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 1, 1, 32)), jnp.float32)
+
+  def score(m, n):
+    rq = positional.apply_rope(q, jnp.array([[m]]))
+    rk = positional.apply_rope(k, jnp.array([[n]]))
+    return float(jnp.sum(rq * rk))
+
+  for _ in range(20):
+    offset = int(rng.integers(-50, 50))
+    m1, m2 = (int(v) for v in rng.integers(60, 2000, size=2))
+    assert score(m1, m1 - offset) == pytest.approx(score(m2, m2 - offset), rel=1e-4, abs=1e-4)
+  # And it does depend on the offset (a rotation that did nothing would pass the check above).
+  assert abs(score(10, 10) - score(10, 3)) > 1e-3
+
+
+@pytest.mark.parametrize("num_heads", [8, 12])
+def test_alibi_slopes_are_the_papers_geometric_sequence(num_heads):
+  if num_heads == 8:  # 2^(-8/8 * i): 1/2, 1/4, ..., 1/256.
+    expected = [2.0 ** -(i + 1) for i in range(8)]
+  else:  # 12 heads: the 8-head slopes, then every other slope of the 16-head sequence.
+    expected = [2.0 ** -(i + 1) for i in range(8)] + [2.0 ** -(0.5 * (2 * i + 1))
+                                                      for i in range(4)]
+  np.testing.assert_allclose(positional.alibi_slopes(num_heads), expected, rtol=1e-6)
+
+
+def test_t5_buckets_exact_near_and_logarithmic_far():
+  rel = jnp.arange(-200, 201)
+  uni = np.asarray(positional.t5_relative_bucket(rel, bidirectional=False))
+  # Causal: a key d steps back (relative -d) is bucket d for d < 16, future keys are bucket 0.
+  np.testing.assert_array_equal(uni[200 - 15:201], np.arange(15, -1, -1))
+  assert (uni[201:] == 0).all()
+  assert np.all(np.diff(uni[:201]) <= 0)  # Farther back never gets a smaller bucket.
+  assert uni[0] == 31 and uni.max() == 31
+  bi = np.asarray(positional.t5_relative_bucket(rel, bidirectional=True))
+  assert set(bi[:200]).isdisjoint(set(bi[201:]))  # Past and future use separate buckets.
+
+
+def test_unknown_name_lists_valid_names():
+  with pytest.raises(KeyError) as err:
+    positional.get("rotary")
+  for name in positional.names():
+    assert name in str(err.value)
+  with pytest.raises(KeyError, match="Did you mean 'alibi'"):
+    variants.variant("tiny", posemb="alibj")
+
+
+def test_unknown_kwarg_is_refused_with_the_accepted_ones():
+  with pytest.raises(ValueError, match="accepts: \\['base'\\]"):
+    variants.variant("tiny", posemb="rope", posemb_kw={"theta": 1e4})
+
+
+def test_hooks_declared_match_hooks_implemented():
+  for name in positional.names():
+    cls = positional.get(name)
+    for hook, method in positional._HOOK_METHODS.items():
+      overridden = getattr(cls, method) is not getattr(positional.PositionalEncoding, method)
+      assert overridden == (hook in cls.HOOKS), (name, hook)
+  with pytest.raises(TypeError, match="does not define embed"):
+
+    @positional.register("broken_pe")
+    class Broken(positional.PositionalEncoding):  # pylint: disable=unused-variable
+      HOOKS = frozenset({positional.ADD})
+
+
+def test_learned_table_refuses_positions_past_its_end():
+  cfg = variants.variant("tiny", vocab_size=20, posemb="learned", max_len=8)
+  lm = model_lib.DecoderOnlyLM(cfg)
+  with pytest.raises(ValueError, match="Learned positional table has 8 positions"):
+    lm.init(jax.random.key(0), jnp.ones((1, 9), jnp.int32))
+  with pytest.raises(ValueError, match="Learned positional table has 8 positions"):
+    model_lib.init_cache(lm, batch_size=1, max_len=16)  # A decode cache longer than the table.
+  # Positions past the table given explicitly under jit read NaN: loud, never clipped.
+  params = model_lib.init_params(lm, jax.random.key(0))
+  apply = jax.jit(lm.apply)
+  inside = apply({"params": params}, jnp.ones((1, 2), jnp.int32), positions=jnp.array([[3, 7]]))
+  past = apply({"params": params}, jnp.ones((1, 2), jnp.int32), positions=jnp.array([[3, 8]]))
+  assert np.isfinite(inside).all() and np.isnan(past[0, 1]).all()
+
+
+def test_a_new_encoding_is_one_class_in_one_place():
+  """A researcher's encoding, defined here and nowhere else, trains in the full model."""
+
+  @positional.register("scaled_sinusoidal_test")
+  class ScaledSinusoidal(positional.PositionalEncoding):
+    HOOKS = frozenset({positional.ADD})
+    EXTRAPOLATES = False
+
+    @nn.compact
+    def embed(self, positions):
+      scale = self.param("scale", nn.initializers.ones, (), self.param_dtype)
+      return scale * positional.sinusoidal(positions, self.d_model)
+
+  cfg = variants.variant("tiny", vocab_size=20, posemb="scaled_sinusoidal_test")
+  params = model_lib.init_params(model_lib.Transformer(cfg), jax.random.key(0))
+  assert params["encoder"]["posemb"]["scale"].shape == ()
