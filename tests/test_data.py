@@ -1,0 +1,130 @@
+"""Data: deterministic builds, disjoint splits, tokenizer round trips and caching, user files."""
+
+import os
+
+import numpy as np
+import pytest
+
+from xformer.data import builders, datasets, synthetic, text_files, tokenizer
+
+
+def _build_small(path, monkeypatch):
+  monkeypatch.setattr(synthetic, "SIZES", {"train": 300, "validation": 20, "test": 20,
+                                           "test_long": 10})
+  synthetic._short_pairs.cache_clear()
+  builder = builders.XformerTranslation(data_dir=str(path), file_format="array_record")
+  builder.download_and_prepare()
+  return {s: [builder.as_data_source(s)[i] for i in range(n)]
+          for s, n in synthetic.SIZES.items()}
+
+
+def test_two_builds_produce_identical_examples(tmp_path, monkeypatch):
+  first = _build_small(tmp_path / "a", monkeypatch)
+  second = _build_small(tmp_path / "b", monkeypatch)
+  synthetic._short_pairs.cache_clear()
+  assert first == second
+  assert len(first["train"]) == 300 and len(first["test_long"]) == 10
+
+
+def test_splits_share_no_pair_and_long_split_is_longer(data_dir):
+  ds = datasets.load({"dataset": "xformer_translation", "data_dir": data_dir})
+  sources = {s: {ds.example(s, i)[0] for i in range(len(ds.split(s)))} for s in ds.splits}
+  assert len(sources["train"]) >= 100_000
+  names = list(sources)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      assert not sources[a] & sources[b], f"{a} and {b} share sentences"
+  train_max = max(len(s.split()) for s in sources["train"])
+  assert min(len(s.split()) for s in sources["test_long"]) > train_max
+
+
+def test_synthetic_language_phenomena():
+  pairs = list(synthetic.generate("validation"))[:2000]
+  # Verb-second with a fronted time adverb: "... today ." -> adverb first in the target.
+  adv = [(s, t) for s, t in pairs if s.split()[-2] == "today"]
+  assert adv and all(t.split()[0] == synthetic.LEXICON["today"] for _, t in adv)
+  # Numbers composed units-first: "twenty one" -> "<one> e <twenty>".
+  assert synthetic._number(21)[1] == (f"{synthetic.LEXICON['one']} e "
+                                      f"{synthetic.LEXICON['twenty']}")
+  vocab = {w for s, _ in pairs for w in s.split()} | {w for _, t in pairs for w in t.split()}
+  assert len(vocab) > 500
+
+
+def test_pydoc_corpus_is_real_english_and_split_disjointly(data_dir):
+  ds = datasets.load({"dataset": "xformer_pydoc", "data_dir": data_dir})
+  texts = {s: {ds.example(s, i)[0] for i in range(len(ds.split(s)))} for s in ds.splits}
+  assert len(texts["train"]) > 1000 and texts["validation"] and texts["test"]
+  assert not texts["train"] & texts["test"] and not texts["train"] & texts["validation"]
+  assert any(" the " in t for t in texts["test"])
+
+
+def test_tokenizer_round_trips_both_corpora(translation_data, data_dir):
+  ds, tok = translation_data
+  lines = [ds.example("test", i)[j] for i in range(500) for j in (0, 1)]
+  lm = datasets.load({"dataset": "xformer_pydoc", "data_dir": data_dir})
+  lines += [lm.example("test", i)[0] for i in range(len(lm.split("test")))]
+  for line in lines:
+    assert tok.decode(tok.encode(line)) == tok.normalize(line)
+  assert tok.decode(tok.encode(lines[0]) + [tokenizer.EOS_ID, 5, 6]) == tok.normalize(lines[0])
+
+
+def test_tokenizer_cache_and_workdir_copy(tmp_path, monkeypatch):
+  texts = [f"sentence number {i} with some words" for i in range(300)]
+  settings = tokenizer.TokenizerSettings(vocab_size=60, model_type="bpe")
+  first = tokenizer.get_or_train(lambda: texts, "fp", settings, str(tmp_path / "cache"),
+                                 str(tmp_path / "run"))
+  monkeypatch.setattr(tokenizer, "train", lambda *a, **k: pytest.fail("trained twice"))
+  again = tokenizer.get_or_train(lambda: texts, "fp", settings, str(tmp_path / "cache"),
+                                 str(tmp_path / "run2"))
+  assert again.model_proto == first.model_proto
+  assert os.path.exists(tmp_path / "run2" / "tokenizer.model")
+  other = tokenizer.TokenizerSettings(vocab_size=70, model_type="bpe")
+  with pytest.raises(ValueError, match="holds a tokenizer trained with"):
+    tokenizer.get_or_train(lambda: texts, "fp", other, str(tmp_path / "cache"),
+                           str(tmp_path / "run"))
+
+
+def _write(path, data: bytes):
+  path.write_bytes(data)
+  return str(path)
+
+
+def test_user_parallel_files_skip_and_count_bad_lines(tmp_path):
+  src = _write(tmp_path / "a.en", b"hello world\n\nbad \xff byte\n" + b"x" * 50 + b"\nfine\n")
+  tgt = _write(tmp_path / "a.de", b"hallo welt\nleer\nschlecht\nlang\ngut\n")
+  skips = text_files.SkipCounts()
+  pairs = list(text_files.read_parallel(src, tgt, max_chars=40, policy="skip", skips=skips))
+  assert pairs == [("hello world", "hallo welt"), ("fine", "gut")]
+  assert skips.counts == {"empty": 1, "not UTF-8": 1, "too long": 1}
+  with pytest.raises(text_files.BadLineError, match=r"a\.en, line 2: empty line"):
+    list(text_files.read_parallel(src, tgt, max_chars=40, policy="error"))
+  bad = _write(tmp_path / "c.txt", b"good line\nbad \xff byte\n")
+  with pytest.raises(text_files.BadLineError, match=r"c\.txt, line 2: not valid UTF-8"):
+    list(text_files.read_text(bad, policy="error"))
+  short = _write(tmp_path / "b.de", b"one line\n")
+  with pytest.raises(text_files.BadLineError, match="differ in length"):
+    list(text_files.read_parallel(src, short))
+
+
+def test_user_files_build_as_tfds_datasets(tmp_path):
+  tsv = _write(tmp_path / "train.tsv", b"a b\tc d\n\t\nno tab here\ne f\tg h\n")
+  dev = _write(tmp_path / "dev.tsv", b"x\ty\n")
+  text = _write(tmp_path / "lm.txt", b"first line\n\n\xfe\nsecond line\n")
+  ds = datasets.load({"dataset": "parallel_files", "data_dir": str(tmp_path / "tfds"),
+                      "files": {"train": [tsv], "validation": [dev]}})
+  assert [ds.example("train", i) for i in range(len(ds.split("train")))] == [
+      ("a b", "c d"), ("e f", "g h")]
+  lm = datasets.load({"dataset": "text_files", "data_dir": str(tmp_path / "tfds"),
+                      "files": {"train": text}})
+  assert sorted(lm.example("train", i)[0] for i in range(2)) == ["first line", "second line"]
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    datasets.load({"dataset": "text_files", "data_dir": str(tmp_path),
+                   "files": {"train": str(tmp_path / "missing.txt")}})
+
+
+def test_real_dataset_without_network_fails_clearly(tmp_path):
+  with pytest.raises(datasets.DataUnavailableError, match="not prepared .* download=False"):
+    datasets.load({"dataset": "wmt14_translate/de-en", "data_dir": str(tmp_path),
+                   "download": False})
+  with pytest.raises(KeyError, match="Valid names: .*xformer_translation"):
+    datasets.load({"dataset": "wmt15_translate/de-en"})

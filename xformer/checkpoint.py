@@ -1,0 +1,150 @@
+"""Checkpoints with orbax: train state, data-iterator state and config, on any topology.
+
+A step directory holds the items `params` and `opt_state` (tensorstore arrays), `data_iter`
+(grain's per-process JSON) and `config` (JSON). Parameters can be restored alone, so a notebook
+or `init_from` never materialises optimizer state, and onto any devices: the caller gives the
+target shardings (8 devices at save time -> 1 CPU at restore time works).
+
+Saves are asynchronous: `save` returns once arrays are copied off the devices; `wait()` or
+`close()` blocks until they are on disk. Orbax writes into a temporary directory and renames it
+when complete, so a crash mid-save never damages the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ITEMS = ("params", "opt_state", "data_iter", "config")
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint whose parameters do not match the model the config builds."""
+
+
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def compare_shapes(saved: Any, expected: Any, what: str = "params") -> None:
+  """Raises CheckpointMismatchError naming every parameter path whose shape (or presence)
+  differs between the checkpoint's metadata `saved` and the `expected` abstract tree."""
+  saved_flat = {_path_str(p): tuple(getattr(v, "shape", ()))
+                for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  want_flat = {_path_str(p): tuple(getattr(v, "shape", ()))
+               for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+  problems = []
+  for path in sorted(set(saved_flat) | set(want_flat)):
+    if path not in want_flat:
+      problems.append(f"  {what}/{path}: in the checkpoint {saved_flat[path]}, "
+                      "not in the model the config builds")
+    elif path not in saved_flat:
+      problems.append(f"  {what}/{path}: expected {want_flat[path]}, missing from the checkpoint")
+    elif saved_flat[path] != want_flat[path]:
+      problems.append(f"  {what}/{path}: checkpoint shape {saved_flat[path]}, "
+                      f"expected shape {want_flat[path]}")
+  if problems:
+    shown = "\n".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more"
+                                       if len(problems) > 20 else "")
+    raise CheckpointMismatchError(
+        f"The checkpoint does not match the model built from the config ({len(problems)} "
+        f"parameters differ):\n{shown}\nUse the config the checkpoint was trained with "
+        "(saved in its `config` item), or a new workdir.")
+
+
+def _abstract(tree: Any, shardings: Any | None) -> Any:
+  """ShapeDtypeStructs with target shardings (default: one device) for restoring."""
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+class Checkpointer:
+  """An orbax CheckpointManager for one run directory."""
+
+  def __init__(self, directory: str, keep: int | None = 3, async_save: bool = True,
+               read_only: bool = False):
+    self.directory = os.path.abspath(os.path.expanduser(directory))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, read_only=read_only,
+        cleanup_tmp_directories=not read_only, create=not read_only)
+    handlers = {"params": ocp.StandardCheckpointHandler(),
+                "opt_state": ocp.StandardCheckpointHandler(),
+                "data_iter": grain.checkpoint.CheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
+                                         item_handlers=handlers)
+
+  def steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, params: Any, opt_state: Any, data_iter: Any,
+           config: dict[str, Any]) -> bool:
+    """Starts an (async) save of step `step`; False if that step is already saved."""
+    if step in self.steps():
+      return False
+    args = {"params": ocp.args.StandardSave(params), "opt_state": ocp.args.StandardSave(opt_state),
+            "config": ocp.args.JsonSave(config)}
+    if data_iter is not None:
+      args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def item_metadata(self, step: int, item: str) -> Any:
+    meta = self.manager.item_metadata(step)[item]
+    return getattr(meta, "tree", meta)
+
+  def restore_config(self, step: int) -> dict[str, Any]:
+    return self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+
+  def restore_params(self, step: int, abstract_params: Any, shardings: Any | None = None) -> Any:
+    """Only the parameters of `step`, placed per `shardings` (default: one local device)."""
+    compare_shapes(self.item_metadata(step, "params"), abstract_params)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(abstract_params, shardings))))
+    return out["params"]
+
+  def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any,
+              param_shardings: Any, opt_shardings: Any, data_iter: Any | None) -> tuple[Any, Any]:
+    """Parameters, optimizer state and (in place) the data iterator of `step`."""
+    compare_shapes(self.item_metadata(step, "params"), abstract_params)
+    compare_shapes(self.item_metadata(step, "opt_state"), abstract_opt_state, "opt_state")
+    args = {"params": ocp.args.StandardRestore(_abstract(abstract_params, param_shardings)),
+            "opt_state": ocp.args.StandardRestore(_abstract(abstract_opt_state, opt_shardings))}
+    if data_iter is not None:
+      args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    return out["params"], out["opt_state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def average_params(directory: str, abstract_params: Any, last: int = 5) -> tuple[Any, list[int]]:
+  """Mean of the parameters of the last `last` checkpoints (the paper averages 5 or 20)."""
+  ckpt = Checkpointer(directory, read_only=True)
+  steps = ckpt.steps()[-last:]
+  if not steps:
+    raise FileNotFoundError(f"No checkpoints in {directory}.")
+  total = None
+  for step in steps:
+    params = jax.tree.map(np.asarray, ckpt.restore_params(step, abstract_params))
+    total = params if total is None else jax.tree.map(np.add, total, params)
+  ckpt.close()
+  logging.info("Averaged the parameters of steps %s.", steps)
+  return jax.tree.map(lambda x: (x / len(steps)).astype(x.dtype), total), steps

@@ -1,0 +1,200 @@
+"""grain input pipelines: tokenize, add BOS/EOS, handle over-long examples, pack, batch.
+
+Every batch is a dict of int32 numpy arrays, packed or not:
+
+    translation: inputs, inputs_segment_ids, inputs_positions                     [B, S]
+                 targets_in, targets, targets_segment_ids, targets_positions      [B, T]
+    lm:          targets_in, targets, targets_segment_ids, targets_positions      [B, T]
+
+`targets_in` is the decoder input: BOS + target for translation, BOS + text for LM; `targets`
+is what is predicted at each position: target + EOS. Segment id 0 marks padding; with packing,
+several examples share a row with ids 1, 2, ... and positions restarting at 0 in each.
+
+The training iterator is a grain `DatasetIterator`: `get_state()` / `set_state()` give a small
+JSON-able state, saved with each checkpoint so a resumed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from xformer.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
+
+OVERLONG_POLICIES = ("drop", "truncate")
+
+
+@dataclasses.dataclass
+class OverlongCounter:
+  """Counts examples dropped or truncated for length (thread-safe; grain may prefetch)."""
+
+  seen: int = 0
+  dropped: int = 0
+  truncated: int = 0
+  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+  def count(self, seen: int = 0, dropped: int = 0, truncated: int = 0) -> None:
+    with self._lock:
+      self.seen += seen
+      self.dropped += dropped
+      self.truncated += truncated
+
+  def summary(self) -> dict[str, int]:
+    return {"examples": self.seen, "dropped_overlong": self.dropped,
+            "truncated_overlong": self.truncated}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lengths:
+  """Maximum lengths in tokens, BOS/EOS included."""
+
+  source: int
+  target: int
+
+
+class Tokenize(grain.transforms.Map):
+  """Raw example -> token arrays, with over-long examples dropped (None) or truncated."""
+
+  def __init__(self, tokenizer: Tokenizer, task: str, keys: Sequence[str], lengths: Lengths,
+               overlong: str, counter: OverlongCounter):
+    if overlong not in OVERLONG_POLICIES:
+      raise ValueError(f"data.overlong={overlong!r}; choose one of {OVERLONG_POLICIES}.")
+    self.tokenizer, self.task, self.keys = tokenizer, task, tuple(keys)
+    self.lengths, self.overlong, self.counter = lengths, overlong, counter
+
+  def _fit(self, ids: list[int], limit: int) -> tuple[list[int] | None, bool]:
+    if len(ids) <= limit:
+      return ids, False
+    return (None, False) if self.overlong == "drop" else (ids[:limit], True)
+
+  def map(self, raw: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    texts = [raw[k].decode("utf-8") if isinstance(raw[k], bytes) else raw[k] for k in self.keys]
+    if self.task == "translation":
+      src, tgt = (self.tokenizer.encode(t) for t in texts)
+      src, cut_src = self._fit(src + [EOS_ID], self.lengths.source)
+      tgt, cut_tgt = self._fit(tgt, self.lengths.target - 1)  # Room for BOS / EOS.
+      if src is None or tgt is None:
+        self.counter.count(seen=1, dropped=1)
+        return None
+      self.counter.count(seen=1, truncated=int(cut_src or cut_tgt))
+      return {"inputs": np.asarray(src, np.int32),
+              "targets_in": np.asarray([BOS_ID] + tgt, np.int32),
+              "targets": np.asarray(tgt + [EOS_ID], np.int32)}
+    tokens, cut = self._fit(self.tokenizer.encode(texts[0]), self.lengths.target - 1)
+    if tokens is None:
+      self.counter.count(seen=1, dropped=1)
+      return None
+    self.counter.count(seen=1, truncated=int(cut))
+    return {"targets_in": np.asarray([BOS_ID] + tokens, np.int32),
+            "targets": np.asarray(tokens + [EOS_ID], np.int32)}
+
+
+def _pad_to(x: np.ndarray, length: int) -> np.ndarray:
+  return np.pad(x, (0, length - len(x)))
+
+
+class PadUnpacked(grain.transforms.Map):
+  """One example per row: pad to full length and add segment ids (1 / 0) and positions."""
+
+  def __init__(self, lengths: Lengths):
+    self.lengths = lengths
+
+  def map(self, ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for prefix, length in (("inputs", self.lengths.source), ("targets", self.lengths.target)):
+      if prefix not in ex:
+        continue
+      n = len(ex[prefix])
+      out[f"{prefix}_segment_ids"] = _pad_to(np.ones(n, np.int32), length)
+      out[f"{prefix}_positions"] = _pad_to(np.arange(n, dtype=np.int32), length)
+      out[prefix] = _pad_to(ex[prefix], length)
+    if "targets_in" in ex:
+      out["targets_in"] = _pad_to(ex["targets_in"], self.lengths.target)
+    return out
+
+
+def _tidy_packed(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Drops the packer's duplicate bookkeeping of targets_in (same layout as targets)."""
+  ex = {k: v.astype(np.int32) for k, v in ex.items() if not k.startswith("targets_in_")}
+  return ex
+
+
+def _packed(ds: grain.IterDataset, lengths: Lengths, task: str, batch_size: int,
+            seed: int) -> grain.IterDataset:
+  length_struct = {"targets_in": lengths.target, "targets": lengths.target}
+  if task == "translation":
+    length_struct["inputs"] = lengths.source
+  ds = grain.experimental.FirstFitPackIterDataset(
+      ds, length_struct=length_struct, num_packing_bins=max(2 * batch_size, 8), seed=seed,
+      shuffle_bins=True)
+  return ds.map(_tidy_packed)
+
+
+def train_iterator(source: Sequence[Any], tokenizer: Tokenizer, *, task: str,
+                   keys: Sequence[str], lengths: Lengths, batch_size: int, seed: int,
+                   pack: bool = True, overlong: str = "drop", process_index: int = 0,
+                   process_count: int = 1, prefetch: int = 2) -> tuple[grain.DatasetIterator, OverlongCounter]:
+  """An endless, shuffled (reshuffled every epoch), checkpointable iterator of training batches.
+
+  Args:
+    source: random-access raw examples (a TFDS data source).
+    tokenizer: the run's tokenizer.
+    task: "translation" or "lm"; keys: raw keys read ((source, target) or (text,)).
+    lengths: maximum lengths. batch_size: rows per batch on this process.
+    seed: shuffle seed. pack: pack several examples per row.
+    overlong: "drop" or "truncate" examples longer than `lengths`.
+    process_index / process_count: this process's shard of the data (multi-host runs).
+    prefetch: batches prepared ahead in a background thread (0: none).
+
+  Returns:
+    (iterator, counter of over-long examples seen by it).
+  """
+  counter = OverlongCounter()
+  ds = grain.MapDataset.source(source)
+  ds = ds[process_index::process_count]  # Disjoint shards that together cover the data.
+  ds = ds.shuffle(seed=seed).repeat(None)
+  ds = ds.map(Tokenize(tokenizer, task, keys, lengths, overlong, counter))
+  # Filtered (None) examples are skipped here. No reader threads: grain's default thread pool
+  # costs more than it saves for cheap in-memory examples (measured: 3x slower batches).
+  ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if pack:
+    ids = _packed(ids, lengths, task, batch_size, seed)
+  else:
+    ids = ids.map(PadUnpacked(lengths))
+  batches = ids.batch(batch_size, drop_remainder=True)
+  if prefetch:  # Prepare the next batches in a thread while the device computes.
+    batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
+  return iter(batches), counter
+
+
+def eval_batches(source: Sequence[Any], tokenizer: Tokenizer, *, task: str, keys: Sequence[str],
+                 lengths: Lengths, batch_size: int, limit: int | None = None
+                 ) -> tuple[Iterator[dict[str, np.ndarray]], OverlongCounter]:
+  """Every example of a split once, in order, unpacked; over-long examples are truncated (so
+  every example counts), the last batch is padded with all-padding rows (zero weight)."""
+  counter = OverlongCounter()
+  ds = grain.MapDataset.source(source)
+  if limit is not None:
+    ds = ds[:limit]
+  ds = ds.map(Tokenize(tokenizer, task, keys, lengths, "truncate", counter))
+  ds = ds.map(PadUnpacked(lengths))
+  ds = ds.batch(batch_size, batch_fn=lambda xs: _stack_and_pad(xs, batch_size))
+  return iter(ds), counter
+
+
+def _stack_and_pad(examples: Sequence[dict[str, np.ndarray]], batch_size: int):
+  batch = {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+  missing = batch_size - len(examples)
+  return {k: np.pad(v, ((0, missing), (0, 0))) for k, v in batch.items()}
+
+
+def log_overlong(name: str, counter: OverlongCounter) -> None:
+  s = counter.summary()
+  if s["dropped_overlong"] or s["truncated_overlong"]:
+    logging.info("%s: %d of %d examples dropped and %d truncated for length.", name,
+                 s["dropped_overlong"], s["examples"], s["truncated_overlong"])

@@ -1,0 +1,155 @@
+"""SentencePiece tokenizer: trained on the training split, cached, stored with the run.
+
+Ids are fixed for every model: 0 = padding, 1 = EOS, 2 = BOS, 3 = unknown. One tokenizer serves
+source and target by default (the paper's shared vocabulary).
+
+Caching: a trained model is kept under `<data_dir>/xformer_tokenizers/<key>.model`, where the key
+hashes the dataset's fingerprint and every training setting, so a second run with the same data
+and settings reuses it. A copy goes into the run's workdir (`tokenizer.model` plus
+`tokenizer.json` with its settings): a checkpoint can always be decoded, even if the cache is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import time
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+MODEL_TYPES = ("unigram", "bpe")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSettings:
+  """What a tokenizer is trained with; every field is part of the cache key."""
+
+  vocab_size: int = 8000
+  model_type: str = "unigram"
+  character_coverage: float = 1.0
+  sample_size: int = 1_000_000  # Sentences sampled (seeded) from the training split.
+  normalization: str = "nmt_nfkc"
+
+  def __post_init__(self):
+    if self.model_type not in MODEL_TYPES:
+      raise ValueError(f"tokenizer.model_type={self.model_type!r}; choose one of {MODEL_TYPES}.")
+
+
+class Tokenizer:
+  """A SentencePiece model with the id conventions above."""
+
+  def __init__(self, model_proto: bytes):
+    self.model_proto = model_proto
+    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    if (self.sp.pad_id(), self.sp.eos_id(), self.sp.bos_id(), self.sp.unk_id()) != (
+        PAD_ID, EOS_ID, BOS_ID, UNK_ID):
+      raise ValueError("SentencePiece model does not use xformer's ids "
+                       f"(pad {PAD_ID}, eos {EOS_ID}, bos {BOS_ID}, unk {UNK_ID}).")
+
+  @property
+  def vocab_size(self) -> int:
+    return self.sp.vocab_size()
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without BOS or EOS."""
+    return self.sp.encode(text)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self.sp.encode(list(texts))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of ids, stopping at the first EOS; padding and BOS are dropped."""
+    out = []
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i not in (PAD_ID, BOS_ID):
+        out.append(i)
+    return self.sp.decode(out)
+
+  def normalize(self, text: str) -> str:
+    """`text` as the tokenizer sees it (decode(encode(x)) == normalize(x))."""
+    return self.sp.normalize(text)
+
+  def save(self, path: str) -> None:
+    _atomic_write(path, self.model_proto)
+
+  @classmethod
+  def load(cls, path: str) -> "Tokenizer":
+    with open(path, "rb") as f:
+      return cls(f.read())
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def cache_key(fingerprint: str, settings: TokenizerSettings) -> str:
+  blob = json.dumps([fingerprint, dataclasses.asdict(settings)], sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train(texts: Iterable[str], settings: TokenizerSettings, seed: int = 0) -> Tokenizer:
+  """Trains SentencePiece on a seeded sample of `texts` (deterministic for given inputs)."""
+  texts = [t for t in texts if t]
+  if len(texts) > settings.sample_size:
+    texts = random.Random(seed).sample(texts, settings.sample_size)
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts), model_writer=model, vocab_size=settings.vocab_size,
+      model_type=settings.model_type, character_coverage=settings.character_coverage,
+      normalization_rule_name=settings.normalization, input_sentence_size=0,
+      shuffle_input_sentence=False, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
+      hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2,
+      max_sentence_length=1 << 16)
+  return Tokenizer(model.getvalue())
+
+
+def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_dir: str,
+                 workdir: str | None = None) -> Tokenizer:
+  """The run's tokenizer: the workdir's copy, else the cache, else a newly trained one.
+
+  Args:
+    texts_fn: callable returning the training texts (only called when training is needed).
+    fingerprint: identifies the data (Dataset.fingerprint).
+    settings: training settings.
+    cache_dir: where trained models are cached across runs.
+    workdir: the run directory; its tokenizer wins, and a copy is written there.
+  """
+  key = cache_key(fingerprint, settings)
+  meta = {"key": key, "fingerprint": fingerprint, **dataclasses.asdict(settings)}
+  if workdir:
+    path = os.path.join(workdir, "tokenizer.model")
+    if os.path.exists(path):
+      with open(os.path.join(workdir, "tokenizer.json")) as f:
+        stored = json.load(f)
+      if stored["key"] != key:
+        raise ValueError(f"{workdir} holds a tokenizer trained with {stored}, but the config asks "
+                         f"for {meta}. Use a new workdir, or the settings of the old one.")
+      return Tokenizer.load(path)
+  cached = os.path.join(os.path.expanduser(cache_dir), f"{key}.model")
+  if os.path.exists(cached):
+    tok = Tokenizer.load(cached)
+    logging.info("Tokenizer from cache %s (vocab %d).", cached, tok.vocab_size)
+  else:
+    start = time.time()
+    tok = train(texts_fn(), settings)
+    tok.save(cached)
+    logging.info("Trained tokenizer (vocab %d) in %.1fs; cached at %s.", tok.vocab_size,
+                 time.time() - start, cached)
+  if workdir:
+    tok.save(os.path.join(workdir, "tokenizer.model"))
+    _atomic_write(os.path.join(workdir, "tokenizer.json"), json.dumps(meta, indent=1).encode())
+  return tok

@@ -1,0 +1,89 @@
+"""Device mesh, logical-axis rules and data placement; multi-process start-up.
+
+Parameters carry logical axis names (xformer.layers); the rules below map them onto the mesh
+axes `data`, `fsdp` and `tensor`. The batch is split over data x fsdp; `fsdp` also shards the
+embed dimension of parameters (ZeRO-3 style), `tensor` shards heads, mlp and vocab.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_AXIS_RULES = (
+    ("batch", BATCH_AXES),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("kv", None),
+    ("layers", None),
+)
+
+
+def maybe_initialize_distributed() -> None:
+  """`jax.distributed.initialize()` when launched as one of several processes.
+
+  Cloud TPU pod slices are detected by jax itself; elsewhere the standard variables
+  (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) say it.
+  """
+  if jax.distributed.is_initialized():
+    return
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+    jax.distributed.initialize()
+  if jax.process_count() > 1:
+    logging.info("Process %d of %d, %d local devices.", jax.process_index(), jax.process_count(),
+                 jax.local_device_count())
+
+
+def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
+  """A mesh over `devices` (default all) with axes data/fsdp/tensor; one size may be -1."""
+  devices = jax.devices() if devices is None else devices
+  sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not "
+                       f"divisible by {known}.")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+                     f"there are {len(devices)}.")
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def param_shardings(logical_specs: Any, mesh: Mesh) -> Any:
+  """Logical PartitionSpecs (per parameter) -> NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays sharded over the batch axes (multi-host safe)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

@@ -1,0 +1,153 @@
+"""The training loop, top to bottom: build, restore or initialise, train, save, evaluate.
+
+`train_and_evaluate(config, workdir)` resumes from the newest checkpoint in `workdir` when there
+is one, so re-running the same command continues an interrupted run (or reports it is done).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from xformer import evaluate, metric_writer, preemption
+from xformer import run as run_lib
+from xformer.checkpoint import Checkpointer
+from xformer.data import pipeline
+from xformer.steps import TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite (nan_policy='fail')."""
+
+
+def log_line(text: str) -> None:
+  """Progress for people: process 0 prints it; every process logs it."""
+  if jax.process_index() == 0:
+    print(text, flush=True)
+  logging.info(text)
+
+
+def _restore_or_init(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> TrainState:
+  config = run.config
+  step = config.restore_step if config.restore_step >= 0 else ckpt.latest_step()
+  if step is not None:
+    if step not in ckpt.steps():
+      raise FileNotFoundError(f"restore_step={step} is not a checkpoint of {ckpt.directory}; "
+                              f"available steps: {ckpt.steps()}.")
+    params, opt_state = ckpt.restore(step, run.abstract_params, run.abstract_opt_state,
+                                     run.param_shardings, run.opt_shardings, train_iter)
+    log_line(f"Resumed from step {step} in {ckpt.directory}.")
+    step_arr = jax.device_put(jnp.asarray(step, jnp.int32), run.state_shardings.step)
+    return TrainState(step_arr, params, opt_state)
+  state = run.init_state(jax.random.key(config.seed))
+  if config.init_from:
+    source = Checkpointer(os.path.join(config.init_from, "checkpoints"), read_only=True)
+    if source.latest_step() is None:
+      raise FileNotFoundError(f"init_from={config.init_from}: no checkpoints there.")
+    params = source.restore_params(source.latest_step(), run.abstract_params,
+                                   run.param_shardings)
+    log_line(f"Initialised parameters from {config.init_from} step {source.latest_step()}.")
+    state = state.replace(params=params)
+  return state
+
+
+def _save(ckpt: Checkpointer, run: run_lib.Run, state: TrainState, train_iter) -> None:
+  step = int(jax.device_get(state.step))
+  ckpt.save(step, state.params, state.opt_state, train_iter, run.config.to_dict())
+
+
+def evaluate_run(run: run_lib.Run, params: Any, split: str, *, loss_limit: int | None,
+                 bleu_limit: int | None, num_samples: int = 0) -> dict[str, float]:
+  """Loss/perplexity on `split` and, for translation, BLEU of greedy translations."""
+  batches, _ = run.eval_batches(split, loss_limit)
+  sums = evaluate.accumulate((run.put_batch(b) for b in batches),
+                             lambda b: run.p_eval_step(params, b))
+  metrics = evaluate.summarize(sums, split)
+  if run.config.task == "translation" and bleu_limit != -1:
+    srcs, hyps, refs = evaluate.translate_split(
+        run.dataset.split(split), run.dataset.keys, run.tokenizer, run.translate_fn(params),
+        max_source_len=run.config.data.max_source_len, batch_size=run.config.eval_batch_size,
+        limit=bleu_limit or None)
+    metrics[f"{split}/bleu"] = evaluate.bleu(hyps, refs)
+    for s, h, r in list(zip(srcs, hyps, refs))[:num_samples]:
+      log_line(f"  source:     {s}\n  reference:  {r}\n  hypothesis: {h}")
+  return metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
+  start_time = time.time()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  run = run_lib.Run(config, workdir)
+  run_lib.log_run(run)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                      async_save=config.async_checkpoints)
+  train_iter, overlong = run.train_iterator()
+  state = _restore_or_init(run, ckpt, train_iter)
+  first = int(jax.device_get(state.step))
+  if first >= config.num_train_steps:
+    log_line(f"Training already finished: step {first} of {config.num_train_steps} in {workdir}.")
+    ckpt.close()
+    return {}
+  writer = metric_writer.MetricWriter(workdir)
+  progress = metric_writer.Progress(config.num_train_steps, first)
+  stop = preemption.StopSignal()
+  rng = jax.random.key(config.seed + 1)
+  consecutive_skips, tokens_since_log = 0, 0.0
+  log_line(f"Training steps {first}..{config.num_train_steps} in {workdir}")
+  try:
+    for step in range(first + 1, config.num_train_steps + 1):
+      batch = run.put_batch(next(train_iter), local=True)
+      state, metrics = run.p_train_step(state, batch, rng)
+      metrics = jax.device_get(metrics)  # Small scalars; also what fail-fast NaN checks need.
+      loss = float(metrics["train/loss"])
+      if config.nan_policy == "fail" and not jnp.isfinite(loss):
+        raise NonFiniteLossError(f"Loss is NaN or infinite at step {step} ({loss}); the last "
+                                 f"checkpoint ({ckpt.latest_step()}) is kept unchanged.")
+      consecutive_skips = consecutive_skips + 1 if metrics.get("train/skipped", 0) else 0
+      if consecutive_skips > config.max_consecutive_skips:
+        raise NonFiniteLossError(f"{consecutive_skips} consecutive non-finite steps up to step "
+                                 f"{step}: giving up (max_consecutive_skips).")
+      tokens_since_log += float(metrics["train/tokens"])
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        writer.write(step, {**metrics, **{f"data/{k}": v for k, v in overlong.summary().items()}})
+        log_line(progress.line(step, loss, tokens_since_log))
+        tokens_since_log = 0.0
+      if step % config.checkpoint_every_steps == 0:
+        _save(ckpt, run, state, train_iter)
+      if step % config.eval_every_steps == 0 and step < config.num_train_steps:
+        eval_metrics = evaluate_run(run, state.params, config.data.eval_split,
+                                    loss_limit=config.eval_examples,
+                                    bleu_limit=config.bleu_examples or -1)
+        writer.write(step, eval_metrics)
+        log_line(f"eval at step {step}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+      if stop.should_stop():
+        _save(ckpt, run, state, train_iter)
+        ckpt.wait()
+        log_line(f"Stopped by signal at step {step}; checkpoint saved. Rerun the same command "
+                 "to continue.")
+        return {}
+    _save(ckpt, run, state, train_iter)
+    pipeline.log_overlong("train", overlong)
+    final = evaluate_run(run, state.params, config.data.eval_split,
+                         loss_limit=config.eval_examples, bleu_limit=-1)
+    if config.task == "translation":
+      final.update(evaluate_run(run, state.params, config.data.test_split, loss_limit=None,
+                                bleu_limit=config.test_bleu_examples,
+                                num_samples=config.num_samples_to_print))
+    writer.write(config.num_train_steps, final)
+    log_line("final: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
+    log_line(f"Done in {time.time() - start_time:.0f}s; workdir {workdir}")
+    return final
+  finally:
+    stop.restore()
+    ckpt.close()
+    writer.close()
