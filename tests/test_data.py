@@ -28,7 +28,7 @@ def test_two_builds_produce_identical_examples(tmp_path, monkeypatch):
 
 def test_splits_share_no_pair_and_long_split_is_longer(data_dir):
   ds = datasets.load({"dataset": "xformer_translation", "data_dir": data_dir})
-  sources = {s: {ds.example(s, i)[0] for i in range(len(ds.split(s)))} for s in ds.splits}
+  sources = {s: {src for src, _ in ds.examples(s)} for s in ds.splits}
   assert len(sources["train"]) >= 100_000
   names = list(sources)
   for i, a in enumerate(names):
@@ -52,7 +52,7 @@ def test_synthetic_language_phenomena():
 
 def test_pydoc_corpus_is_real_english_and_split_disjointly(data_dir):
   ds = datasets.load({"dataset": "xformer_pydoc", "data_dir": data_dir})
-  texts = {s: {ds.example(s, i)[0] for i in range(len(ds.split(s)))} for s in ds.splits}
+  texts = {s: {text for (text,) in ds.examples(s)} for s in ds.splits}
   assert len(texts["train"]) > 1000 and texts["validation"] and texts["test"]
   assert not texts["train"] & texts["test"] and not texts["train"] & texts["validation"]
   assert any(" the " in t for t in texts["test"])
@@ -60,17 +60,19 @@ def test_pydoc_corpus_is_real_english_and_split_disjointly(data_dir):
 
 def test_tokenizer_round_trips_both_corpora(translation_data, data_dir):
   ds, tok = translation_data
-  lines = [ds.example("test", i)[j] for i in range(500) for j in (0, 1)]
-  lm = datasets.load({"dataset": "xformer_pydoc", "data_dir": data_dir})
-  lines += [lm.example("test", i)[0] for i in range(len(lm.split("test")))]
+  lines = [text for pair in ds.examples("test") for text in pair]
   for line in lines:
     assert tok.decode(tok.encode(line)) == tok.normalize(line)
   assert tok.decode(tok.encode(lines[0]) + [tokenizer.EOS_ID, 5, 6]) == tok.normalize(lines[0])
+  lm = datasets.load({"dataset": "xformer_pydoc", "data_dir": data_dir})
+  lm_tok = tokenizer.train(lm.texts("train"), tokenizer.TokenizerSettings(vocab_size=1000))
+  for (line,) in lm.examples("test"):  # Unseen characters too: byte fallback covers them.
+    assert lm_tok.decode(lm_tok.encode(line)) == lm_tok.normalize(line)
 
 
 def test_tokenizer_cache_and_workdir_copy(tmp_path, monkeypatch):
   texts = [f"sentence number {i} with some words" for i in range(300)]
-  settings = tokenizer.TokenizerSettings(vocab_size=60, model_type="bpe")
+  settings = tokenizer.TokenizerSettings(vocab_size=400, model_type="bpe")
   first = tokenizer.get_or_train(lambda: texts, "fp", settings, str(tmp_path / "cache"),
                                  str(tmp_path / "run"))
   monkeypatch.setattr(tokenizer, "train", lambda *a, **k: pytest.fail("trained twice"))
@@ -78,7 +80,7 @@ def test_tokenizer_cache_and_workdir_copy(tmp_path, monkeypatch):
                                  str(tmp_path / "run2"))
   assert again.model_proto == first.model_proto
   assert os.path.exists(tmp_path / "run2" / "tokenizer.model")
-  other = tokenizer.TokenizerSettings(vocab_size=70, model_type="bpe")
+  other = tokenizer.TokenizerSettings(vocab_size=410, model_type="bpe")
   with pytest.raises(ValueError, match="holds a tokenizer trained with"):
     tokenizer.get_or_train(lambda: texts, "fp", other, str(tmp_path / "cache"),
                            str(tmp_path / "run"))
@@ -123,7 +125,7 @@ def test_user_files_build_as_tfds_datasets(tmp_path):
 
 
 def test_real_dataset_without_network_fails_clearly(tmp_path):
-  with pytest.raises(datasets.DataUnavailableError, match="not prepared .* download=False"):
+  with pytest.raises(datasets.DataUnavailableError, match="not prepared .*data.download=False"):
     datasets.load({"dataset": "wmt14_translate/de-en", "data_dir": str(tmp_path),
                    "download": False})
   with pytest.raises(KeyError, match="Valid names: .*xformer_translation"):

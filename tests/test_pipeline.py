@@ -12,10 +12,14 @@ from xformer.data.tokenizer import BOS_ID, EOS_ID
 LENGTHS = pipeline.Lengths(48, 48)
 
 
+def _encoded(ds, tok, split="train", eager=False):
+  return pipeline.EncodedSource(ds.split(split), tok, ds.keys, eager=eager)
+
+
 def _iterator(ds, tok, **kw):
-  args = dict(task="translation", keys=ds.keys, lengths=LENGTHS, batch_size=8, seed=3)
+  args = dict(task="translation", lengths=LENGTHS, batch_size=8, seed=3)
   args.update(kw)
-  return pipeline.train_iterator(ds.split("train"), tok, **args)
+  return pipeline.train_iterator(_encoded(ds, tok), **args)
 
 
 def test_batches_are_well_formed(translation_data):
@@ -41,12 +45,15 @@ def test_batches_are_well_formed(translation_data):
 
 def test_restored_iterator_continues_with_the_same_batches(translation_data):
   ds, tok = translation_data
-  it, _ = _iterator(ds, tok)
+  source = _encoded(ds, tok, eager=True)
+  it, _ = pipeline.train_iterator(source, task="translation", lengths=LENGTHS, batch_size=8,
+                                  seed=3)
   for _ in range(3):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(4)]
-  fresh, _ = _iterator(ds, tok)  # A new object, as after a restart.
+  fresh, _ = pipeline.train_iterator(source, task="translation", lengths=LENGTHS, batch_size=8,
+                                     seed=3)  # A new object, as after a restart.
   fresh.set_state(state)
   for want in expected:
     got = next(fresh)
@@ -56,19 +63,20 @@ def test_restored_iterator_continues_with_the_same_batches(translation_data):
 
 def test_process_shards_are_disjoint_and_cover_the_epoch(translation_data):
   ds, tok = translation_data
-  source = [ds.split("train")[i] for i in range(40)]
+  source = pipeline.EncodedSource([ds.split("train")[i] for i in range(40)], tok, ds.keys,
+                                  eager=True)
   seen = []
   for p in range(2):
-    it, _ = pipeline.train_iterator(source, tok, task="translation", keys=ds.keys,
-                                    lengths=LENGTHS, batch_size=1, seed=0, pack=False,
-                                    process_index=p, process_count=2, prefetch=0)
+    it, _ = pipeline.train_iterator(source, task="translation", lengths=LENGTHS, batch_size=1,
+                                    seed=0, pack=False, process_index=p, process_count=2,
+                                    prefetch=0)
     rows = [tuple(next(it)["inputs"][0]) for _ in range(20)]  # One epoch of this shard.
     assert len(set(rows)) == 20
     seen.append(set(rows))
   assert not seen[0] & seen[1]
-  everything = {tuple(pipeline.PadUnpacked(LENGTHS).map(pipeline.Tokenize(
-      tok, "translation", ds.keys, LENGTHS, "drop", pipeline.OverlongCounter()).map(r))["inputs"])
-                for r in source}
+  frame = pipeline.Tokenize("translation", LENGTHS, "drop", pipeline.OverlongCounter())
+  everything = {tuple(pipeline.PadUnpacked(LENGTHS).map(frame.map(source[i]))["inputs"])
+                for i in range(len(source))}
   assert seen[0] | seen[1] == everything
 
 
@@ -76,9 +84,8 @@ def test_overlong_examples_are_dropped_or_truncated_and_counted(translation_data
   ds, tok = translation_data
   short = pipeline.Lengths(12, 12)
   for policy in ("drop", "truncate"):
-    it, counter = pipeline.train_iterator(ds.split("train"), tok, task="translation",
-                                          keys=ds.keys, lengths=short, batch_size=4, seed=0,
-                                          overlong=policy, prefetch=0)
+    it, counter = pipeline.train_iterator(_encoded(ds, tok), task="translation", lengths=short,
+                                          batch_size=4, seed=0, overlong=policy, prefetch=0)
     batch = next(it)
     assert batch["inputs"].shape == (4, 12)
     summary = counter.summary()
@@ -88,8 +95,8 @@ def test_overlong_examples_are_dropped_or_truncated_and_counted(translation_data
 
 def test_eval_batches_cover_the_split_exactly(translation_data):
   ds, tok = translation_data
-  batches, counter = pipeline.eval_batches(ds.split("test"), tok, task="translation",
-                                           keys=ds.keys, lengths=LENGTHS, batch_size=300)
+  batches, counter = pipeline.eval_batches(_encoded(ds, tok, "test", eager=True),
+                                           task="translation", lengths=LENGTHS, batch_size=300)
   batches = list(batches)
   real_rows = sum(int((b["targets_segment_ids"][:, 0] > 0).sum()) for b in batches)
   assert real_rows == len(ds.split("test")) == counter.summary()["examples"]
@@ -103,23 +110,24 @@ def test_packed_batch_gives_the_per_example_losses_of_unpacked_examples(translat
   params = model_lib.init_params(model, jax.random.key(0))
   it, _ = _iterator(ds, tok, batch_size=2, prefetch=0)
   packed = next(it)
-  logits = steps.apply_model(model, params, packed)
+  apply = jax.jit(lambda batch: steps.apply_model(model, params, batch))
+  logits = apply(packed)
   per_token = -jnp.take_along_axis(jax.nn.log_softmax(logits), packed["targets"][..., None],
                                    -1)[..., 0]  # [B, T]
+  # Each example alone, padded to the packed length (one compile), segment 1, positions 0...
+  length = packed["targets"].shape[1]
   for row in range(2):
     seg = packed["targets_segment_ids"][row]
     for s in sorted(set(seg) - {0}):
-      t_mask, s_mask = seg == s, packed["inputs_segment_ids"][row] == s
-      alone = {
-          "inputs": packed["inputs"][row][s_mask][None],
-          "inputs_segment_ids": np.ones((1, s_mask.sum()), np.int32),
-          "inputs_positions": np.arange(s_mask.sum())[None],
-          "targets_in": packed["targets_in"][row][t_mask][None],
-          "targets": packed["targets"][row][t_mask][None],
-          "targets_segment_ids": np.ones((1, t_mask.sum()), np.int32),
-          "targets_positions": np.arange(t_mask.sum())[None],
-      }
-      sums = losses.cross_entropy(steps.apply_model(model, params, alone), alone["targets"],
-                                  np.ones_like(alone["targets"]))
-      np.testing.assert_allclose(float(per_token[row][t_mask].sum()), float(sums["nll"]),
+      alone = {}
+      for prefix in ("inputs", "targets"):
+        mask = packed[f"{prefix}_segment_ids"][row] == s
+        n = int(mask.sum())
+        alone[f"{prefix}_segment_ids"] = np.pad(np.ones(n, np.int32), (0, length - n))[None]
+        alone[f"{prefix}_positions"] = np.pad(np.arange(n, dtype=np.int32), (0, length - n))[None]
+        alone[prefix] = np.pad(packed[prefix][row][mask], (0, length - n))[None]
+        if prefix == "targets":
+          alone["targets_in"] = np.pad(packed["targets_in"][row][mask], (0, length - n))[None]
+      sums = losses.cross_entropy(apply(alone), alone["targets"], alone["targets_segment_ids"])
+      np.testing.assert_allclose(float(per_token[row][seg == s].sum()), float(sums["nll"]),
                                  rtol=1e-5)

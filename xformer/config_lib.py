@@ -60,7 +60,7 @@ def common(task: str) -> ml_collections.ConfigDict:
       dataset="xformer_translation" if task == "translation" else "xformer_pydoc",
       data_dir="", download=True, files={}, source_lang="en", target_lang="de",
       on_bad_line="skip", max_chars=10_000, max_source_len=64, max_target_len=64, pack=True,
-      overlong="drop", eval_split="validation", test_split="test"))
+      overlong="drop", pretokenize=True, eval_split="validation", test_split="test"))
   c.tokenizer = ml_collections.ConfigDict(dataclasses.asdict(tokenizer.TokenizerSettings()))
   c.tokenizer.cache_dir = ""  # Default: <data_dir>/xformer_tokenizers.
   c.batch_size = 64  # Rows per step, all processes together.

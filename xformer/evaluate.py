@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
@@ -39,7 +39,7 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
   return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
 
 
-def translate_split(source: Sequence[Any], keys: Sequence[str], tokenizer: Tokenizer,
+def translate_split(dataset, split: str, encoded: pipeline.EncodedSource, tokenizer: Tokenizer,
                     translate_fn: Callable[[np.ndarray], np.ndarray], *, max_source_len: int,
                     batch_size: int, limit: int | None = None
                     ) -> tuple[list[str], list[str], list[str]]:
@@ -47,20 +47,19 @@ def translate_split(source: Sequence[Any], keys: Sequence[str], tokenizer: Token
 
   Over-long sources are truncated (every example is translated and scored).
   """
-  n = len(source) if not limit else min(limit, len(source))
+  n = len(encoded) if not limit else min(limit, len(encoded))
   srcs, hyps, refs = [], [], []
   lengths = pipeline.Lengths(max_source_len, max_source_len)
-  tokenize = pipeline.Tokenize(tokenizer, "translation", keys, lengths, "truncate",
-                               pipeline.OverlongCounter())
+  frame = pipeline.Tokenize("translation", lengths, "truncate", pipeline.OverlongCounter())
   for start in range(0, n, batch_size):
-    raws = [source[i] for i in range(start, min(start + batch_size, n))]
+    indices = range(start, min(start + batch_size, n))
     rows = np.zeros((batch_size, max_source_len), np.int32)  # Fixed shape: one compile.
-    for r, raw in enumerate(raws):
-      ids = tokenize.map(raw)["inputs"]
+    for r, i in enumerate(indices):
+      ids = frame.map(encoded[i])["inputs"]
       rows[r, :len(ids)] = ids
     out = np.asarray(translate_fn(rows))
-    for r, raw in enumerate(raws):
-      src, ref = (raw[k].decode("utf-8") if isinstance(raw[k], bytes) else raw[k] for k in keys)
+    for r, i in enumerate(indices):
+      src, ref = dataset.example(split, i)
       srcs.append(src)
       refs.append(ref)
       hyps.append(tokenizer.decode(out[r]))

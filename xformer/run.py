@@ -45,6 +45,7 @@ class Run:
       raise ValueError(f"config.task={config.task!r} but dataset {config.data.dataset!r} is a "
                        f"{self.dataset.task} dataset.")
     self.tokenizer = tokenizer_for(config, self.dataset, workdir)
+    self._encoded: dict[str, pipeline.EncodedSource] = {}
     self.model_config = config_lib.model_config(config, self.tokenizer.vocab_size)
     self.model = model_lib.make_model(self.model_config, config.task)
     self.lengths = pipeline.Lengths(config.data.max_source_len, config.data.max_target_len)
@@ -93,19 +94,26 @@ class Run:
                        f"{jax.process_count()} processes.")
     return global_size // jax.process_count()
 
+  def encoded(self, split: str) -> pipeline.EncodedSource:
+    """Token ids of a split (tokenized once when data.pretokenize)."""
+    if split not in self._encoded:
+      self._encoded[split] = pipeline.EncodedSource(
+          self.dataset.split(split), self.tokenizer, self.dataset.keys,
+          eager=self.config.data.pretokenize)
+    return self._encoded[split]
+
   def train_iterator(self):
     data = self.config.data
     return pipeline.train_iterator(
-        self.dataset.split("train"), self.tokenizer, task=self.config.task,
-        keys=self.dataset.keys, lengths=self.lengths,
+        self.encoded("train"), task=self.config.task, lengths=self.lengths,
         batch_size=self.local_batch_size(self.config.batch_size), seed=self.config.seed,
         pack=data.pack, overlong=data.overlong, process_index=jax.process_index(),
         process_count=jax.process_count())
 
   def eval_batches(self, split: str, limit: int | None):
-    return pipeline.eval_batches(
-        self.dataset.split(split), self.tokenizer, task=self.config.task, keys=self.dataset.keys,
-        lengths=self.lengths, batch_size=self.config.eval_batch_size, limit=limit or None)
+    return pipeline.eval_batches(self.encoded(split), task=self.config.task,
+                                 lengths=self.lengths, batch_size=self.config.eval_batch_size,
+                                 limit=limit or None)
 
   def put_batch(self, batch: dict[str, np.ndarray], local: bool = False) -> dict[str, jax.Array]:
     """Global arrays from a batch: this process's rows (local=True, training) or, for eval

@@ -71,7 +71,7 @@ def evaluate_run(run: run_lib.Run, params: Any, split: str, *, loss_limit: int |
   metrics = evaluate.summarize(sums, split)
   if run.config.task == "translation" and bleu_limit != -1:
     srcs, hyps, refs = evaluate.translate_split(
-        run.dataset.split(split), run.dataset.keys, run.tokenizer, run.translate_fn(params),
+        run.dataset, split, run.encoded(split), run.tokenizer, run.translate_fn(params),
         max_source_len=run.config.data.max_source_len, batch_size=run.config.eval_batch_size,
         limit=bleu_limit or None)
     metrics[f"{split}/bleu"] = evaluate.bleu(hyps, refs)

@@ -60,11 +60,22 @@ class Dataset:
     raw = self.split(split)[index]
     return tuple(_text(raw[k]) for k in self.keys)
 
+  def examples(self, split: str) -> list[tuple[str, ...]]:
+    """Every example of a split, decoded, read in one batch."""
+    return [tuple(_text(raw[k]) for k in self.keys) for raw in read_all(self.split(split))]
+
   def texts(self, split: str = "train") -> Iterator[str]:
     """Every string of a split (both sides for translation), for tokenizer training."""
-    source = self.split(split)
-    for i in range(len(source)):
-      yield from self.example(split, i)
+    for example in self.examples(split):
+      yield from example
+
+
+def read_all(source: Sequence[Any]) -> list[Any]:
+  """Every record of a source; one batched read when the source offers it (array_record reads
+  records one by one at ~0.5 ms each here, in a batch ~20x faster)."""
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(list(range(len(source)))))
+  return [source[i] for i in range(len(source))]
 
 
 def _text(value: Any) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
+from xformer.data.datasets import read_all
 from xformer.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 OVERLONG_POLICIES = ("drop", "truncate")
@@ -57,41 +58,70 @@ class Lengths:
   target: int
 
 
-class Tokenize(grain.transforms.Map):
-  """Raw example -> token arrays, with over-long examples dropped (None) or truncated."""
+class EncodedSource:
+  """Random access to the token ids of a split's examples: a tuple of id arrays per example,
+  one per raw key ((source, target) or (text,)).
 
-  def __init__(self, tokenizer: Tokenizer, task: str, keys: Sequence[str], lengths: Lengths,
-               overlong: str, counter: OverlongCounter):
+  eager=True reads and tokenizes the whole split once, in large batches (100K pairs: ~8 s here),
+  which makes every later access free; a lazy source reads and tokenizes on each access
+  (~0.5 ms per example here), for splits too large to hold in memory.
+  """
+
+  def __init__(self, source: Sequence[Any], tokenizer: Tokenizer, keys: Sequence[str],
+               eager: bool):
+    self.source, self.tokenizer, self.keys = source, tokenizer, tuple(keys)
+    self._ids = None
+    if eager:
+      raw = read_all(source)
+      columns = [self.tokenizer.encode_batch([_decode(r[k]) for r in raw]) for k in self.keys]
+      self._ids = [tuple(np.asarray(col[i], np.int32) for col in columns)
+                   for i in range(len(raw))]
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+    if self._ids is not None:
+      return self._ids[index]
+    raw = self.source[index]
+    return tuple(np.asarray(self.tokenizer.encode(_decode(raw[k])), np.int32) for k in self.keys)
+
+
+def _decode(value: Any) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class Tokenize(grain.transforms.Map):
+  """Token ids -> model features (BOS/EOS added), over-long examples dropped (None) or cut."""
+
+  def __init__(self, task: str, lengths: Lengths, overlong: str, counter: OverlongCounter):
     if overlong not in OVERLONG_POLICIES:
       raise ValueError(f"data.overlong={overlong!r}; choose one of {OVERLONG_POLICIES}.")
-    self.tokenizer, self.task, self.keys = tokenizer, task, tuple(keys)
-    self.lengths, self.overlong, self.counter = lengths, overlong, counter
+    self.task, self.lengths, self.overlong, self.counter = task, lengths, overlong, counter
 
-  def _fit(self, ids: list[int], limit: int) -> tuple[list[int] | None, bool]:
+  def _fit(self, ids: np.ndarray, limit: int) -> tuple[np.ndarray | None, bool]:
     if len(ids) <= limit:
       return ids, False
     return (None, False) if self.overlong == "drop" else (ids[:limit], True)
 
-  def map(self, raw: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    texts = [raw[k].decode("utf-8") if isinstance(raw[k], bytes) else raw[k] for k in self.keys]
+  def map(self, ids: tuple[np.ndarray, ...]) -> dict[str, np.ndarray] | None:
+    bos, eos = np.array([BOS_ID], np.int32), np.array([EOS_ID], np.int32)
     if self.task == "translation":
-      src, tgt = (self.tokenizer.encode(t) for t in texts)
-      src, cut_src = self._fit(src + [EOS_ID], self.lengths.source)
-      tgt, cut_tgt = self._fit(tgt, self.lengths.target - 1)  # Room for BOS / EOS.
+      src, cut_src = self._fit(ids[0], self.lengths.source - 1)  # Room for EOS.
+      tgt, cut_tgt = self._fit(ids[1], self.lengths.target - 1)  # Room for BOS / EOS.
       if src is None or tgt is None:
         self.counter.count(seen=1, dropped=1)
         return None
       self.counter.count(seen=1, truncated=int(cut_src or cut_tgt))
-      return {"inputs": np.asarray(src, np.int32),
-              "targets_in": np.asarray([BOS_ID] + tgt, np.int32),
-              "targets": np.asarray(tgt + [EOS_ID], np.int32)}
-    tokens, cut = self._fit(self.tokenizer.encode(texts[0]), self.lengths.target - 1)
+      return {"inputs": np.concatenate([src, eos]), "targets_in": np.concatenate([bos, tgt]),
+              "targets": np.concatenate([tgt, eos])}
+    tokens, cut = self._fit(ids[0], self.lengths.target - 1)
     if tokens is None:
       self.counter.count(seen=1, dropped=1)
       return None
     self.counter.count(seen=1, truncated=int(cut))
-    return {"targets_in": np.asarray([BOS_ID] + tokens, np.int32),
-            "targets": np.asarray(tokens + [EOS_ID], np.int32)}
+    return {"targets_in": np.concatenate([bos, tokens]),
+            "targets": np.concatenate([tokens, eos])}
 
 
 def _pad_to(x: np.ndarray, length: int) -> np.ndarray:
@@ -135,16 +165,15 @@ def _packed(ds: grain.IterDataset, lengths: Lengths, task: str, batch_size: int,
   return ds.map(_tidy_packed)
 
 
-def train_iterator(source: Sequence[Any], tokenizer: Tokenizer, *, task: str,
-                   keys: Sequence[str], lengths: Lengths, batch_size: int, seed: int,
+def train_iterator(source: EncodedSource, *, task: str, lengths: Lengths, batch_size: int,
+                   seed: int,
                    pack: bool = True, overlong: str = "drop", process_index: int = 0,
                    process_count: int = 1, prefetch: int = 2) -> tuple[grain.DatasetIterator, OverlongCounter]:
   """An endless, shuffled (reshuffled every epoch), checkpointable iterator of training batches.
 
   Args:
-    source: random-access raw examples (a TFDS data source).
-    tokenizer: the run's tokenizer.
-    task: "translation" or "lm"; keys: raw keys read ((source, target) or (text,)).
+    source: token ids of the training split.
+    task: "translation" or "lm".
     lengths: maximum lengths. batch_size: rows per batch on this process.
     seed: shuffle seed. pack: pack several examples per row.
     overlong: "drop" or "truncate" examples longer than `lengths`.
@@ -158,7 +187,7 @@ def train_iterator(source: Sequence[Any], tokenizer: Tokenizer, *, task: str,
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]  # Disjoint shards that together cover the data.
   ds = ds.shuffle(seed=seed).repeat(None)
-  ds = ds.map(Tokenize(tokenizer, task, keys, lengths, overlong, counter))
+  ds = ds.map(Tokenize(task, lengths, overlong, counter))
   # Filtered (None) examples are skipped here. No reader threads: grain's default thread pool
   # costs more than it saves for cheap in-memory examples (measured: 3x slower batches).
   ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
@@ -172,8 +201,8 @@ def train_iterator(source: Sequence[Any], tokenizer: Tokenizer, *, task: str,
   return iter(batches), counter
 
 
-def eval_batches(source: Sequence[Any], tokenizer: Tokenizer, *, task: str, keys: Sequence[str],
-                 lengths: Lengths, batch_size: int, limit: int | None = None
+def eval_batches(source: EncodedSource, *, task: str, lengths: Lengths, batch_size: int,
+                 limit: int | None = None
                  ) -> tuple[Iterator[dict[str, np.ndarray]], OverlongCounter]:
   """Every example of a split once, in order, unpacked; over-long examples are truncated (so
   every example counts), the last batch is padded with all-padding rows (zero weight)."""
@@ -181,7 +210,7 @@ def eval_batches(source: Sequence[Any], tokenizer: Tokenizer, *, task: str, keys
   ds = grain.MapDataset.source(source)
   if limit is not None:
     ds = ds[:limit]
-  ds = ds.map(Tokenize(tokenizer, task, keys, lengths, "truncate", counter))
+  ds = ds.map(Tokenize(task, lengths, "truncate", counter))
   ds = ds.map(PadUnpacked(lengths))
   ds = ds.batch(batch_size, batch_fn=lambda xs: _stack_and_pad(xs, batch_size))
   return iter(ds), counter

@@ -36,6 +36,7 @@ class TokenizerSettings:
   character_coverage: float = 1.0
   sample_size: int = 1_000_000  # Sentences sampled (seeded) from the training split.
   normalization: str = "nmt_nfkc"
+  byte_fallback: bool = True  # Unseen characters become byte pieces, never <unk>.
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
@@ -77,7 +78,7 @@ class Tokenizer:
 
   def normalize(self, text: str) -> str:
     """`text` as the tokenizer sees it (decode(encode(x)) == normalize(x))."""
-    return self.sp.normalize(text)
+    return self.sp.normalize(text).replace("\u2581", " ").lstrip(" ")  # Drop the dummy prefix.
 
   def save(self, path: str) -> None:
     _atomic_write(path, self.model_proto)
@@ -112,7 +113,7 @@ def train(texts: Iterable[str], settings: TokenizerSettings, seed: int = 0) -> T
       model_type=settings.model_type, character_coverage=settings.character_coverage,
       normalization_rule_name=settings.normalization, input_sentence_size=0,
       shuffle_input_sentence=False, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
-      hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2,
+      byte_fallback=settings.byte_fallback, hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2,
       max_sentence_length=1 << 16)
   return Tokenizer(model.getvalue())
 
