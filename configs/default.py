@@ -13,7 +13,7 @@ def get_config(arg=None):
   args = config_lib.parse_arg(arg, variant="small", posemb="sinusoidal")
   c = config_lib.common("translation")
   c.model = config_lib.model_section(
-      args["variant"], args["posemb"], d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,
+      args["variant"], args["posemb"], d_model=128, num_heads=4, d_ff=256, num_encoder_layers=3,
       num_decoder_layers=3, dropout=0.1, max_len=128)
   # BPE with 2,000 pieces keeps most words whole: 13 tokens per sentence on average (a unigram
   # model of the same size gives 21, i.e. 60% more compute per sentence).
@@ -23,11 +23,11 @@ def get_config(arg=None):
   c.data.max_source_len = 64
   c.data.max_target_len = 64
   c.batch_size = 64
-  c.num_train_steps = 500
+  c.num_train_steps = 450
   c.optimizer.warmup_steps = 400
   c.optimizer.lr_scale = 0.5  # Peak lr 0.5 * 128^-0.5 * 400^-0.5 = 2.2e-3.
-  c.checkpoint_every_steps = 400
-  c.eval_every_steps = 400
+  c.checkpoint_every_steps = 150
+  c.eval_every_steps = 150
   c.log_every_steps = 50
   c.eval_examples = 1000
   c.bleu_examples = 200

@@ -32,3 +32,57 @@ def translation_data(data_dir):
   tok = tokenizer.get_or_train(lambda: ds.texts("train"), ds.fingerprint, settings,
                                f"{data_dir}/tokenizers")
   return ds, tok
+
+
+@pytest.fixture(scope="session")
+def small_files(tmp_path_factory):
+  """A small synthetic parallel corpus as TSV files (3,000 / 100 / 100 pairs)."""
+  import json  # pylint: disable=import-outside-toplevel
+  import random  # pylint: disable=import-outside-toplevel
+  from xformer.data import synthetic  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("small")
+  rng = random.Random(0)
+  files = {}
+  for split, n in (("train", 3000), ("validation", 100), ("test", 100)):
+    path = root / f"{split}.tsv"
+    path.write_text("".join("\t".join(synthetic.sentence(rng, 0, max_adj=1)) + "\n"
+                            for _ in range(n)))
+    files[split] = [str(path)]
+  return {"files": json.dumps(files), "data_dir": str(root / "tfds")}
+
+
+def small_config(small_files, **overrides):
+  """configs/default.py shrunk to a 1+1-layer d32 model on the small corpus; seconds per run."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
+  spec = importlib.util.spec_from_file_location("default_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.data.dataset = "parallel_files"
+  c.data.files = small_files["files"]
+  c.data.data_dir = small_files["data_dir"]
+  c.data.max_source_len = c.data.max_target_len = 32
+  c.tokenizer.vocab_size = 400
+  c.model.update(dict(d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1,
+                      num_decoder_layers=1, max_len=64))
+  c.batch_size = 8
+  c.num_train_steps = 6
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 3
+  c.eval_every_steps = 1000
+  c.eval_examples = 50
+  c.bleu_examples = 0
+  c.test_bleu_examples = 16
+  c.eval_batch_size = 16
+  c.num_samples_to_print = 0
+  c.optimizer.warmup_steps = 10
+  for key, value in overrides.items():
+    node = c
+    *parents, last = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  c.lock()
+  return c

@@ -141,3 +141,21 @@ def test_a_new_encoding_is_one_class_in_one_place():
   cfg = variants.variant("tiny", vocab_size=20, posemb="scaled_sinusoidal_test")
   params = model_lib.init_params(model_lib.Transformer(cfg), jax.random.key(0))
   assert params["encoder"]["posemb"]["scale"].shape == ()
+
+
+def test_readme_example_encoding_works():
+  """The README's "Add a positional encoding" code, run as written, in a real model."""
+  import os
+  import re
+  readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+  section = readme[readme.index("## Add a positional encoding"):]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
+  name = re.search(r'register\("(\w+)"\)', code).group(1)
+  cfg = variants.variant("tiny", vocab_size=20, posemb=name, posemb_kw={"fraction": 0.5})
+  model = model_lib.DecoderOnlyLM(cfg)
+  params = model_lib.init_params(model, jax.random.key(0))
+  tokens = jnp.arange(1, 7)[None]
+  logits = jax.jit(model.apply)({"params": params}, tokens)
+  changed = jax.jit(model.apply)({"params": params}, tokens.at[:, 4:].set(3))
+  np.testing.assert_allclose(logits[:, :4], changed[:, :4], atol=1e-6)

@@ -29,7 +29,17 @@ class CheckpointMismatchError(ValueError):
 
 
 def _path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  """'decoder/layers/ffn/wi/kernel' for dict keys, list indices and named-tuple fields alike (so
+  optimizer states compare with the dicts orbax's metadata holds)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
 
 
 def compare_shapes(saved: Any, expected: Any, what: str = "params") -> None:
@@ -122,10 +132,17 @@ class Checkpointer:
     compare_shapes(self.item_metadata(step, "opt_state"), abstract_opt_state, "opt_state")
     args = {"params": ocp.args.StandardRestore(_abstract(abstract_params, param_shardings)),
             "opt_state": ocp.args.StandardRestore(_abstract(abstract_opt_state, opt_shardings))}
+    if data_iter is not None and not self._has_item(step, "data_iter"):
+      raise FileNotFoundError(f"Checkpoint {step} in {self.directory} has no data-iterator "
+                              "state (an averaged or imported checkpoint?): use it through "
+                              "--config.init_from instead of resuming from it.")
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     out = self.manager.restore(step, args=ocp.args.Composite(**args))
     return out["params"], out["opt_state"]
+
+  def _has_item(self, step: int, item: str) -> bool:
+    return os.path.isdir(os.path.join(self.directory, str(step), item))
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -58,9 +58,13 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
       dataset="xformer_translation" if task == "translation" else "xformer_pydoc",
-      data_dir="", download=True, files={}, source_lang="en", target_lang="de",
+      # files: JSON {split: [source, target] | [tsv] | [text files]} for the *_files datasets.
+      data_dir="", download=True, files="", source_lang="en", target_lang="de",
       on_bad_line="skip", max_chars=10_000, max_source_len=64, max_target_len=64, pack=True,
-      overlong="drop", pretokenize=True, eval_split="validation", test_split="test"))
+      overlong="drop", pretokenize=True, eval_split="validation", test_split="test",
+      # Logical data shards (0: one per process). Fix it to the largest process count you will
+      # use and every topology trains on the same batch sequence.
+      num_shards=0))
   c.tokenizer = ml_collections.ConfigDict(dataclasses.asdict(tokenizer.TokenizerSettings()))
   c.tokenizer.cache_dir = ""  # Default: <data_dir>/xformer_tokenizers.
   c.batch_size = 64  # Rows per step, all processes together.

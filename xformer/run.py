@@ -88,12 +88,6 @@ class Run:
 
   # --- Data ------------------------------------------------------------------------------------
 
-  def local_batch_size(self, global_size: int) -> int:
-    if global_size % jax.process_count():
-      raise ValueError(f"batch size {global_size} is not divisible by the "
-                       f"{jax.process_count()} processes.")
-    return global_size // jax.process_count()
-
   def encoded(self, split: str) -> pipeline.EncodedSource:
     """Token ids of a split (tokenized once when data.pretokenize)."""
     if split not in self._encoded:
@@ -103,12 +97,13 @@ class Run:
     return self._encoded[split]
 
   def train_iterator(self):
+    """This process's rows of every global batch (see pipeline.ShardedBatches)."""
     data = self.config.data
-    return pipeline.train_iterator(
+    return pipeline.sharded_train_iterator(
         self.encoded("train"), task=self.config.task, lengths=self.lengths,
-        batch_size=self.local_batch_size(self.config.batch_size), seed=self.config.seed,
-        pack=data.pack, overlong=data.overlong, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        batch_size=self.config.batch_size, num_shards=data.num_shards or jax.process_count(),
+        seed=self.config.seed, pack=data.pack, overlong=data.overlong,
+        process_index=jax.process_index(), process_count=jax.process_count())
 
   def eval_batches(self, split: str, limit: int | None):
     return pipeline.eval_batches(self.encoded(split), task=self.config.task,

@@ -7,13 +7,14 @@ is one, so re-running the same command continues an interrupted run (or reports 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from xformer import evaluate, metric_writer, preemption
 from xformer import run as run_lib
@@ -43,7 +44,7 @@ def _restore_or_init(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> TrainS
     params, opt_state = ckpt.restore(step, run.abstract_params, run.abstract_opt_state,
                                      run.param_shardings, run.opt_shardings, train_iter)
     log_line(f"Resumed from step {step} in {ckpt.directory}.")
-    step_arr = jax.device_put(jnp.asarray(step, jnp.int32), run.state_shardings.step)
+    step_arr = jax.device_put(np.int32(step), run.state_shardings.step)
     return TrainState(step_arr, params, opt_state)
   state = run.init_state(jax.random.key(config.seed))
   if config.init_from:
@@ -100,41 +101,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = metric_writer.Progress(config.num_train_steps, first)
   stop = preemption.StopSignal()
   rng = jax.random.key(config.seed + 1)
-  consecutive_skips, tokens_since_log = 0, 0.0
+  tally = {"skips": 0, "tokens": 0.0}
+
+  def settle(step: int, metrics: dict[str, Any]) -> None:
+    """Host-side checks and logging of a finished step (read one step late, so that the host
+    prepares step s+1 while the device computes step s)."""
+    metrics = jax.device_get(metrics)
+    loss = float(metrics["train/loss"])
+    if config.nan_policy == "fail" and not math.isfinite(loss):
+      raise NonFiniteLossError(f"Loss is NaN or infinite at step {step} ({loss}); the last "
+                               f"checkpoint ({ckpt.latest_step()}) is kept unchanged.")
+    tally["skips"] = tally["skips"] + 1 if metrics.get("train/skipped", 0) else 0
+    if tally["skips"] > config.max_consecutive_skips:
+      raise NonFiniteLossError(f"{tally['skips']} consecutive non-finite steps up to step "
+                               f"{step}: giving up (max_consecutive_skips).")
+    tally["tokens"] += float(metrics["train/tokens"])
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      writer.write(step, {**metrics, **{f"data/{k}": v for k, v in overlong.summary().items()}})
+      log_line(progress.line(step, loss, tally["tokens"]))
+      tally["tokens"] = 0.0
+
   log_line(f"Training steps {first}..{config.num_train_steps} in {workdir}")
+  pending = None
   try:
     for step in range(first + 1, config.num_train_steps + 1):
       batch = run.put_batch(next(train_iter), local=True)
       state, metrics = run.p_train_step(state, batch, rng)
-      metrics = jax.device_get(metrics)  # Small scalars; also what fail-fast NaN checks need.
-      loss = float(metrics["train/loss"])
-      if config.nan_policy == "fail" and not jnp.isfinite(loss):
-        raise NonFiniteLossError(f"Loss is NaN or infinite at step {step} ({loss}); the last "
-                                 f"checkpoint ({ckpt.latest_step()}) is kept unchanged.")
-      consecutive_skips = consecutive_skips + 1 if metrics.get("train/skipped", 0) else 0
-      if consecutive_skips > config.max_consecutive_skips:
-        raise NonFiniteLossError(f"{consecutive_skips} consecutive non-finite steps up to step "
-                                 f"{step}: giving up (max_consecutive_skips).")
-      tokens_since_log += float(metrics["train/tokens"])
-      if step % config.log_every_steps == 0 or step == config.num_train_steps:
-        writer.write(step, {**metrics, **{f"data/{k}": v for k, v in overlong.summary().items()}})
-        log_line(progress.line(step, loss, tokens_since_log))
-        tokens_since_log = 0.0
-      if step % config.checkpoint_every_steps == 0:
+      if pending:
+        settle(*pending)
+      pending = (step, metrics)
+      at_save = step % config.checkpoint_every_steps == 0
+      at_eval = step % config.eval_every_steps == 0 and step < config.num_train_steps
+      stopping = stop.should_stop()
+      if at_save or at_eval or stopping:
+        settle(*pending)  # Never save (or evaluate) a step that has not been checked.
+        pending = None
+      if at_save or stopping:
         _save(ckpt, run, state, train_iter)
-      if step % config.eval_every_steps == 0 and step < config.num_train_steps:
+      if at_eval:
         eval_metrics = evaluate_run(run, state.params, config.data.eval_split,
                                     loss_limit=config.eval_examples,
                                     bleu_limit=config.bleu_examples or -1)
         writer.write(step, eval_metrics)
         log_line(f"eval at step {step}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in eval_metrics.items()))
-      if stop.should_stop():
-        _save(ckpt, run, state, train_iter)
+      if stopping:
         ckpt.wait()
         log_line(f"Stopped by signal at step {step}; checkpoint saved. Rerun the same command "
                  "to continue.")
         return {}
+    if pending:
+      settle(*pending)
     _save(ckpt, run, state, train_iter)
     pipeline.log_overlong("train", overlong)
     final = evaluate_run(run, state.params, config.data.eval_split,

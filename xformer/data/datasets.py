@@ -123,7 +123,13 @@ def _embedded_lm(cfg) -> Dataset:
 
 
 def _files_config(cfg) -> builders.FilesConfig:
-  files = dict(cfg.get("files") or {})
+  files = cfg.get("files") or {}
+  if isinstance(files, str):  # From the command line: a JSON object.
+    try:
+      files = json.loads(files)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"data.files must be a JSON object {{split: [paths]}}, got {files!r}.") from e
+  files = dict(files)
   if "train" not in files:
     raise ValueError("data.files must name at least a 'train' split, e.g. "
                      "--config.data.files='{\"train\": [\"train.en\", \"train.de\"]}'.")

@@ -17,6 +17,7 @@ JSON-able state, saved with each checkpoint so a resumed run sees exactly the sa
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 from typing import Any, Iterator, Sequence
@@ -168,7 +169,8 @@ def _packed(ds: grain.IterDataset, lengths: Lengths, task: str, batch_size: int,
 def train_iterator(source: EncodedSource, *, task: str, lengths: Lengths, batch_size: int,
                    seed: int,
                    pack: bool = True, overlong: str = "drop", process_index: int = 0,
-                   process_count: int = 1, prefetch: int = 2) -> tuple[grain.DatasetIterator, OverlongCounter]:
+                   process_count: int = 1, prefetch: int = 2,
+                   counter: OverlongCounter | None = None) -> tuple[grain.DatasetIterator, OverlongCounter]:
   """An endless, shuffled (reshuffled every epoch), checkpointable iterator of training batches.
 
   Args:
@@ -179,11 +181,12 @@ def train_iterator(source: EncodedSource, *, task: str, lengths: Lengths, batch_
     overlong: "drop" or "truncate" examples longer than `lengths`.
     process_index / process_count: this process's shard of the data (multi-host runs).
     prefetch: batches prepared ahead in a background thread (0: none).
+    counter: where to count over-long examples (default: a new one).
 
   Returns:
     (iterator, counter of over-long examples seen by it).
   """
-  counter = OverlongCounter()
+  counter = OverlongCounter() if counter is None else counter
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]  # Disjoint shards that together cover the data.
   ds = ds.shuffle(seed=seed).repeat(None)
@@ -199,6 +202,56 @@ def train_iterator(source: EncodedSource, *, task: str, lengths: Lengths, batch_
   if prefetch:  # Prepare the next batches in a thread while the device computes.
     batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
   return iter(batches), counter
+
+
+class ShardedBatches:
+  """This process's part of the global batch: the batches of its logical data shards, stacked.
+
+  The data is cut into `num_shards` logical shards (example i belongs to shard i % num_shards),
+  each with its own checkpointable iterator; process p of P owns shards [p*K, (p+1)*K) with
+  K = num_shards / P. With a fixed num_shards the global batch sequence does not depend on the
+  number of processes: a 2-process run trains on exactly the batches of a 1-process run.
+  """
+
+  def __init__(self, iterators: Sequence[Any]):
+    self.iterators = list(iterators)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    parts = [next(it) for it in self.iterators]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> bytes:  # grain's checkpoint handler stores bytes of non-grain iterators.
+    return json.dumps([it.get_state() for it in self.iterators]).encode()
+
+  def set_state(self, state: bytes) -> None:
+    states = json.loads(state)
+    if len(states) != len(self.iterators):
+      raise ValueError(f"Data iterator state holds {len(states)} shards, this process reads "
+                       f"{len(self.iterators)}: keep data.num_shards fixed across restarts.")
+    for it, st in zip(self.iterators, states):
+      it.set_state(st)
+
+  def start_prefetch(self) -> None:  # Called by grain's handler after a restore.
+    pass
+
+
+def sharded_train_iterator(source: EncodedSource, *, batch_size: int, num_shards: int,
+                           process_index: int, process_count: int, **kwargs
+                           ) -> tuple[ShardedBatches, OverlongCounter]:
+  """`train_iterator` over this process's logical shards; batch_size is the global batch."""
+  if num_shards % process_count or batch_size % num_shards:
+    raise ValueError(f"data.num_shards={num_shards} must be a multiple of the {process_count} "
+                     f"processes and divide batch_size={batch_size}.")
+  per_process = num_shards // process_count
+  counter = OverlongCounter()  # Shared by this process's shards.
+  iterators = [
+      train_iterator(source, batch_size=batch_size // num_shards, process_index=shard,
+                     process_count=num_shards, counter=counter, **kwargs)[0]
+      for shard in range(process_index * per_process, (process_index + 1) * per_process)]
+  return ShardedBatches(iterators), counter
 
 
 def eval_batches(source: EncodedSource, *, task: str, lengths: Lengths, batch_size: int,

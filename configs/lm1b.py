@@ -1,0 +1,33 @@
+"""Decoder-only LM on the One Billion Word benchmark (lm1b, TFDS; needs the network once).
+
+  python -m xformer.main --config=configs/lm1b.py --workdir=gs://BUCKET/runs/lm1b
+"""
+
+from xformer import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg, variant="base", posemb="rope")
+  c = config_lib.common("lm")
+  c.model = config_lib.model_section(args["variant"], args["posemb"], num_encoder_layers=0,
+                                     num_decoder_layers=12, norm="pre", activation="gelu",
+                                     dropout=0.0, max_len=512)
+  c.model.dtype = "bfloat16"
+  c.data.dataset = "lm1b"
+  c.data.max_target_len = 256
+  c.data.pretokenize = False
+  c.data.overlong = "truncate"
+  c.tokenizer.vocab_size = 32_000
+  c.tokenizer.sample_size = 5_000_000
+  c.batch_size = 256
+  c.num_train_steps = 100_000
+  c.optimizer.schedule = "cosine"
+  c.optimizer.peak_lr = 3e-4
+  c.optimizer.warmup_steps = 2000
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.clip_grad_norm = 1.0
+  c.label_smoothing = 0.0
+  c.checkpoint_every_steps = 2000
+  c.eval_every_steps = 5000
+  c.eval_examples = 10_000
+  return c

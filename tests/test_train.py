@@ -1,0 +1,173 @@
+"""Training: sharded equals single-device, resume equals uninterrupted, SIGTERM, learning,
+and two processes agree with one."""
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import small_config
+from xformer import metric_writer, steps, train
+from xformer import run as run_lib
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _losses(workdir):
+  return {m["step"]: m["train/loss"] for m in metric_writer.read_metrics(workdir)
+          if "train/loss" in m}
+
+
+def test_sharded_step_equals_single_device_step(small_files):
+  run = run_lib.Run(small_config(small_files, **{"mesh.data": 2, "mesh.fsdp": 2,
+                                                 "mesh.tensor": 2}), None)
+  assert dict(run.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  it = run.train_iterator()[0]
+  batch = next(it)
+  state = run.init_state(jax.random.key(0))
+  params = jax.device_get(state.params)
+  assert len(state.params["embed"]["embedding"].sharding.device_set) == 8
+  sharded_state, sharded = run.p_train_step(state, run.put_batch(batch, local=True),
+                                            jax.random.key(1))
+  single_state = steps.TrainState(np.int32(0), params, run.tx.init(params))
+  step = jax.jit(functools.partial(
+      steps.train_step, model=run.model, tx=run.tx, schedule=run.schedule,
+      label_smoothing=run.config.label_smoothing), device=jax.devices()[0])
+  single_state, single = step(single_state, batch, jax.random.key(1))
+  for k in ("train/loss", "train/grad_norm", "train/tokens"):
+    np.testing.assert_allclose(sharded[k], single[k], rtol=1e-5, err_msg=k)
+  # Adam's first update is about lr * sign(g): entries with |g| ~ 1e-9 turn summation-order
+  # noise into differences up to lr, so parameters agree to a small absolute tolerance...
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
+               jax.device_get(sharded_state.params), jax.device_get(single_state.params))
+  # ...and the next step's loss agrees as tightly as the first.
+  batch = next(it)
+  _, sharded = run.p_train_step(sharded_state, run.put_batch(batch, local=True),
+                                jax.random.key(1))
+  _, single = step(single_state, batch, jax.random.key(1))
+  np.testing.assert_allclose(sharded["train/loss"], single["train/loss"], rtol=1e-5)
+
+
+def test_gradient_accumulation_equals_the_full_batch(small_files):
+  # Without dropout: the micro-batches draw other dropout masks than the full batch would.
+  full = run_lib.Run(small_config(small_files, **{"model.dropout": 0.0}), None)
+  accum = run_lib.Run(small_config(small_files, grad_accum_steps=4, **{"model.dropout": 0.0}),
+                      None)
+  batch = full.put_batch(next(full.train_iterator()[0]), local=True)
+  sa, a = full.p_train_step(full.init_state(jax.random.key(0)), batch, jax.random.key(1))
+  sb, b = accum.p_train_step(accum.init_state(jax.random.key(0)), batch, jax.random.key(1))
+  np.testing.assert_allclose(a["train/loss"], b["train/loss"], rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               jax.device_get(sa.params), jax.device_get(sb.params))
+
+
+def test_resumed_run_equals_uninterrupted_run(small_files, tmp_path):
+  whole = str(tmp_path / "whole")
+  train.train_and_evaluate(small_config(small_files), whole)
+  parts = str(tmp_path / "parts")
+  train.train_and_evaluate(small_config(small_files, num_train_steps=3), parts)
+  final = train.train_and_evaluate(small_config(small_files), parts)  # Resumes at step 3.
+  expected = _losses(whole)
+  assert sorted(expected) == [1, 2, 3, 4, 5, 6]
+  assert _losses(parts) == expected  # Bit-identical per-step losses.
+  assert final["test/bleu"] >= 0.0 and np.isfinite(final["test/loss"])
+  again = train.train_and_evaluate(small_config(small_files), parts)
+  assert again == {}  # Already finished: reported, not restarted.
+
+
+def test_tiny_model_learns_the_task(small_files, tmp_path):
+  """Loss must fall below the unigram entropy of target tokens: the best any model can do
+  while ignoring the source and the target prefix. Beating it means the model uses them."""
+  config = small_config(small_files, num_train_steps=300, log_every_steps=50, batch_size=32,
+                        checkpoint_every_steps=1000, **{
+                            "model.dropout": 0.0, "optimizer.schedule": "cosine",
+                            "optimizer.peak_lr": 3e-3, "optimizer.warmup_steps": 30})
+  run = run_lib.Run(config, None)
+  counts = np.zeros(run.tokenizer.vocab_size)
+  for ids in (run.encoded("train")[i][1] for i in range(len(run.encoded("train")))):
+    np.add.at(counts, np.append(ids, 1), 1)  # Targets include EOS (id 1).
+  p = counts[counts > 0] / counts.sum()
+  unigram_entropy = float(-(p * np.log(p)).sum())
+  final = train.train_and_evaluate(config, str(tmp_path / "learn"))
+  print(f"validation nll {final['validation/nll']:.3f}, unigram entropy {unigram_entropy:.3f}")
+  assert final["validation/nll"] < 0.8 * unigram_entropy, (final, unigram_entropy)
+
+
+def _write_config(path, small_files, **overrides):
+  lines = ["import sys", f"sys.path.insert(0, {os.path.dirname(__file__)!r})",
+           "from conftest import small_config", f"FILES = {small_files!r}",
+           "def get_config(arg=None):",
+           f"  return small_config(FILES, **{overrides!r})"]
+  path.write_text("\n".join(lines) + "\n")
+  return str(path)
+
+
+def _main(config_path, workdir, *flags, env=None):
+  cmd = [sys.executable, "-m", "xformer.main", f"--config={config_path}",
+         f"--workdir={workdir}", *flags]
+  return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_the_rerun_continues(small_files, tmp_path):
+  config = _write_config(tmp_path / "cfg.py", small_files, num_train_steps=100_000,
+                         checkpoint_every_steps=100_000)
+  workdir = str(tmp_path / "run")
+  proc = _main(config, workdir)
+  lines = []
+  for line in proc.stdout:  # Wait until training is under way.
+    lines.append(line)
+    if line.startswith("step 3/"):
+      break
+  start = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=30)
+  assert proc.returncode == 0, "".join(lines) + out
+  assert time.time() - start < 30
+  stopped = [l for l in out.splitlines() if l.startswith("Stopped by signal at step")]
+  assert stopped, out
+  step = int(stopped[0].split()[5].rstrip(";"))
+  assert step >= 3
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                if d.isdigit()) == [step]
+  proc = _main(config, workdir, f"--config.num_train_steps={step + 2}")
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  assert f"Resumed from step {step}" in out
+  assert max(_losses(workdir)) == step + 2
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(small_files, tmp_path):
+  overrides = {"data.num_shards": 2, "num_train_steps": 4, "test_bleu_examples": 16}
+  single = str(tmp_path / "single")
+  train.train_and_evaluate(small_config(small_files, **overrides), single)
+  config = _write_config(tmp_path / "cfg.py", small_files, **overrides)
+  workdir = str(tmp_path / "multi")
+  port = _free_port()
+  procs = [_main(config, workdir, env={
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) for i in range(2)]
+  outs = [p.communicate(timeout=400)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out
+  multi, one = _losses(workdir), _losses(single)
+  assert sorted(multi) == [1, 2, 3, 4]
+  for s in multi:
+    np.testing.assert_allclose(multi[s], one[s], rtol=1e-5, err_msg=f"step {s}")

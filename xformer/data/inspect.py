@@ -1,0 +1,50 @@
+"""Look at a config's data: `python -m xformer.data.inspect --config=configs/default.py`.
+
+Builds (or reuses) the dataset and the tokenizer, then prints the split sizes, how long each
+took, the vocabulary size, token-length statistics and a few examples as the model sees them.
+"""
+
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from xformer import config_lib
+from xformer import run as run_lib
+from xformer.data import datasets, pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_NUM = flags.DEFINE_integer("num_examples", 3, "Examples to print.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  config_lib.validate(config)
+  start = time.time()
+  dataset = datasets.load(config.data)
+  built = time.time() - start
+  start = time.time()
+  tok = run_lib.tokenizer_for(config, dataset, workdir=None)
+  trained = time.time() - start
+  print(f"dataset {config.data.dataset} ({dataset.task}), ready in {built:.1f}s:")
+  for name, source in dataset.splits.items():
+    print(f"  {name:12s} {len(source):>9,} examples")
+  print(f"tokenizer: {config.tokenizer.model_type}, vocab {tok.vocab_size:,}, "
+        f"ready in {trained:.1f}s")
+  split = config.data.eval_split
+  encoded = pipeline.EncodedSource(dataset.split(split), tok, dataset.keys, eager=True)
+  for k, key in enumerate(dataset.keys):
+    lengths = np.array([len(encoded[i][k]) for i in range(len(encoded))])
+    print(f"{split} {key} tokens: mean {lengths.mean():.1f}, max {lengths.max()}")
+  for i in range(min(_NUM.value, len(encoded))):
+    print(f"--- {split}[{i}]")
+    for key, text, ids in zip(dataset.keys, dataset.example(split, i), encoded[i]):
+      pieces = [tok.sp.id_to_piece(int(t)) for t in ids]
+      print(f"  {key}: {text}\n  {key} pieces ({len(ids)}): {' '.join(pieces)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
