@@ -39,7 +39,7 @@ def maybe_initialize_distributed() -> None:
   if jax.distributed.is_initialized():
     return
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # (Asking jax would start the backend.)
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
