@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from xformer import metric_writer, steps, train
+from xformer import average, metric_writer, steps, train
+from xformer.checkpoint import Checkpointer
 from xformer import run as run_lib
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -81,6 +82,21 @@ def test_resumed_run_equals_uninterrupted_run(small_files, tmp_path):
   assert final["test/bleu"] >= 0.0 and np.isfinite(final["test/loss"])
   again = train.train_and_evaluate(small_config(small_files), parts)
   assert again == {}  # Already finished: reported, not restarted.
+
+  # Averaging the last two checkpoints (steps 3 and 6) gives their mean, in a new run dir...
+  out = str(tmp_path / "averaged")
+  assert average.average_run(whole, out, last=2) == 6
+  source = Checkpointer(os.path.join(whole, "checkpoints"), read_only=True)
+  meta = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                      source.item_metadata(6, "params"))
+  mean = jax.tree.map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2,
+                      source.restore_params(3, meta), source.restore_params(6, meta))
+  averaged = Checkpointer(os.path.join(out, "checkpoints"), read_only=True).restore_params(6, meta)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), averaged, mean)
+  # ...which another run can start from (init_from): its first loss is not a fresh start's.
+  tuned = str(tmp_path / "tuned")
+  train.train_and_evaluate(small_config(small_files, init_from=out, num_train_steps=1), tuned)
+  assert _losses(tuned)[1] < expected[1]
 
 
 def test_tiny_model_learns_the_task(small_files, tmp_path):
