@@ -59,3 +59,151 @@ def _greedy_loop(step_fn, cache, batch: int, max_len: int) -> Array:
 
   _, _, _, out, _ = jax.lax.while_loop(cond, body, (0, cache, token, out, done))
   return out
+
+
+def length_penalty(length: Array, alpha: float) -> Array:
+  """GNMT's length penalty ((5 + |Y|) / 6)^alpha (Wu et al. 2016); scores are logP / lp."""
+  return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+
+
+def _gather_beams(tree: Any, indices: Array, batch: int, beam: int) -> Any:
+  """Selects beams: every [.., B*K, ..] leaf (batch axis 1 inside scanned layer stacks, else 0)
+  is re-indexed by indices [B, K] of beams to keep."""
+  flat = (indices + jnp.arange(batch)[:, None] * beam).reshape(-1)  # [B*K]
+
+  def gather(path, x):
+    if x.ndim == 0:
+      return x
+    axis = 1 if any(getattr(k, "key", None) == "layers" for k in path) else 0
+    return jnp.take(x, flat, axis=axis)
+
+  return jax.tree_util.tree_map_with_path(gather, tree)
+
+
+def beam_search_loop(step_fn, cache: Any, batch: int, beam: int, max_len: int,
+                     alpha: float) -> tuple[Array, Array]:
+  """Beam search over a cached `step_fn(cache, tokens [B*K, 1]) -> (logits [B*K, V], cache)`.
+
+  Keeps K alive hypotheses and the K best finished ones (ended by EOS, scored logP / lp(length))
+  per row; stops at max_len or when no alive hypothesis can still beat the worst finished one.
+
+  Returns:
+    (tokens [B, K, max_len] with EOS and 0-padding, scores [B, K]), best first.
+  """
+  neg_inf = jnp.float32(-1e9)
+  alive_seq = jnp.zeros((batch, beam, max_len), jnp.int32)
+  alive_logp = jnp.tile(jnp.array([0.0] + [neg_inf] * (beam - 1), jnp.float32), (batch, 1))
+  fin_seq = jnp.zeros((batch, beam, max_len), jnp.int32)
+  fin_score = jnp.full((batch, beam), neg_inf, jnp.float32)
+
+  def cond(carry):
+    i, _, _, alive_logp, _, fin_score = carry
+    best_possible = alive_logp[:, 0] / length_penalty(jnp.asarray(max_len), alpha)
+    done = jnp.all((fin_score[:, -1] > neg_inf) & (best_possible < fin_score[:, -1]))
+    return (i < max_len) & ~done
+
+  def body(carry):
+    i, cache, alive_seq, alive_logp, fin_seq, fin_score = carry
+    prev = jnp.where(i == 0, BOS_ID, alive_seq[:, :, jnp.maximum(i - 1, 0)])  # [B, K]
+    logits, cache = step_fn(cache, prev.reshape(-1, 1))
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, beam, -1)  # [B,K,V]
+    vocab = logp.shape[-1]
+    cand = (alive_logp[:, :, None] + logp).reshape(batch, -1)  # [B, K*V]
+    top_logp, top_idx = jax.lax.top_k(cand, min(2 * beam, beam * vocab))  # [B, 2K]
+    src_beam, token = top_idx // vocab, top_idx % vocab
+    seqs = jnp.take_along_axis(alive_seq, src_beam[:, :, None], axis=1)
+    seqs = seqs.at[:, :, i].set(token)  # [B, 2K, L]
+    ended = (token == EOS_ID) | (i == max_len - 1)
+    # Finished: merge newly ended hypotheses into the K best finished ones.
+    new_score = jnp.where(ended, top_logp / length_penalty(i + 1, alpha), neg_inf)
+    all_score = jnp.concatenate([fin_score, new_score], axis=1)  # [B, 3K]
+    all_seq = jnp.concatenate([fin_seq, seqs], axis=1)
+    fin_score, keep = jax.lax.top_k(all_score, beam)
+    fin_seq = jnp.take_along_axis(all_seq, keep[:, :, None], axis=1)
+    # Alive: the K best hypotheses that did not end.
+    alive_cand = jnp.where(ended, neg_inf, top_logp)
+    alive_logp, keep = jax.lax.top_k(alive_cand, beam)  # [B, K]
+    alive_seq = jnp.take_along_axis(seqs, keep[:, :, None], axis=1)
+    cache = _gather_beams(cache, jnp.take_along_axis(src_beam, keep, axis=1), batch, beam)
+    return i + 1, cache, alive_seq, alive_logp, fin_seq, fin_score
+
+  carry = (0, cache, alive_seq, alive_logp, fin_seq, fin_score)
+  _, _, _, _, fin_seq, fin_score = jax.lax.while_loop(cond, body, carry)
+  return fin_seq, fin_score
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "beam", "alpha"))
+def beam_translate(model: model_lib.Transformer, params: Any, src: Array, max_len: int,
+                   beam: int = 4, alpha: float = 0.6) -> tuple[Array, Array]:
+  """Beam search translation of src [B, S]: n-best tokens [B, K, max_len] and scores [B, K]."""
+  batch = src.shape[0]
+  src = jnp.repeat(src, beam, axis=0)  # [B*K, S]
+  src_segments = masks.segments_from_tokens(src)
+  encoded = model.apply({"params": params}, src, method="encode")  # [B*K, S, D]
+  cache = model_lib.init_cache(model, batch * beam, max_len)
+
+  def step_fn(cache, token):
+    logits, state = model.apply({"params": params, "cache": cache}, encoded, src_segments,
+                                token, decode=True, method="decode", mutable=["cache"])
+    return logits[:, -1], state["cache"]
+
+  return beam_search_loop(step_fn, cache, batch, beam, max_len, alpha)
+
+
+def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
+  """Masks logits [B, V] outside the top-k tokens and outside the smallest set whose
+  probability reaches top_p (nucleus sampling, Holtzman et al. 2020). 0 / 1.0 disable them."""
+  neg_inf = jnp.finfo(jnp.float32).min
+  logits = logits.astype(jnp.float32)
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
+    logits = jnp.where(logits < kth, neg_inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # [B, V] descending
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # Mass of strictly more likely tokens.
+    cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, neg_inf, logits)
+  return logits
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "temperature", "top_k",
+                                             "top_p"))
+def sample_lm(model: model_lib.DecoderOnlyLM, params: Any, prompt: Array, prompt_len: Array,
+              rng: Array, max_len: int, temperature: float = 1.0, top_k: int = 0,
+              top_p: float = 1.0) -> Array:
+  """Continues prompts with a decoder-only LM, one cached step per token.
+
+  Args:
+    prompt: [B, P] prompt tokens (BOS first), left-aligned, 0-padded; P <= max_len.
+    prompt_len: [B] prompt lengths; rows are fed their own prompt, then their own samples.
+    rng: sampling key (same key, same samples). temperature 0 means greedy (argmax).
+    max_len: total length of the returned rows (prompt included).
+
+  Returns:
+    [B, max_len] tokens: the prompt, then sampled tokens; 0 after a sampled EOS.
+  """
+  batch = prompt.shape[0]
+  out = jnp.zeros((batch, max_len), jnp.int32).at[:, :prompt.shape[1]].set(prompt)
+  cache = model_lib.init_cache(model, batch, max_len)
+
+  def body(i, carry):
+    cache, out, done = carry
+    token = jax.lax.dynamic_slice_in_dim(out, i, 1, axis=1)  # [B, 1]
+    logits, state = model.apply({"params": params, "cache": cache}, token, decode=True,
+                                mutable=["cache"])
+    logits = logits[:, -1]  # [B, V]
+    if temperature == 0.0:
+      nxt = jnp.argmax(logits, axis=-1)
+    else:
+      nxt = jax.random.categorical(jax.random.fold_in(rng, i),
+                                   filter_logits(logits / temperature, top_k, top_p))
+    in_prompt = i + 1 < prompt_len
+    forced = jax.lax.dynamic_slice_in_dim(out, i + 1, 1, axis=1)[:, 0]  # [B]
+    nxt = jnp.where(in_prompt, forced, jnp.where(done, PAD_ID, nxt)).astype(jnp.int32)
+    done = done | (~in_prompt & (nxt == EOS_ID))
+    return state["cache"], out.at[:, i + 1].set(nxt), done
+
+  _, out, _ = jax.lax.fori_loop(0, max_len - 1, body,
+                                (cache, out, jnp.zeros((batch,), bool)))
+  return out

@@ -121,15 +121,20 @@ class Run:
 
   # --- Decoding --------------------------------------------------------------------------------
 
-  def translate_fn(self, params: Any, beam_size: int = 1):
-    """rows [B, S] of source ids -> [B, S + max_extra] output ids (greedy for now)."""
-    del beam_size  # Beam search arrives with the decoding issue.
-    max_len = self.config.data.max_source_len + self.config.decode.max_extra
+  def translate_fn(self, params: Any, beam_size: int | None = None):
+    """rows [B, S] of source ids -> [B, S + max_extra] output ids: greedy for beam size 1,
+    else the best hypothesis of beam search (config.decode: beam_size, alpha, max_extra)."""
+    cfg = self.config.decode
+    beam = cfg.beam_size if beam_size is None else beam_size
+    max_len = self.config.data.max_source_len + cfg.max_extra
 
     def fn(rows: np.ndarray) -> np.ndarray:
       rows = jax.device_put(rows, sharding.replicated(self.mesh))
-      return np.asarray(jax.device_get(decode.greedy_translate(self.model, params, rows,
-                                                               max_len)))
+      if beam == 1:
+        out = decode.greedy_translate(self.model, params, rows, max_len)
+      else:
+        out = decode.beam_translate(self.model, params, rows, max_len, beam, cfg.alpha)[0][:, 0]
+      return np.asarray(jax.device_get(out))
 
     return fn
 

@@ -86,17 +86,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_time = time.time()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
-  run = run_lib.Run(config, workdir)
-  run_lib.log_run(run)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                       async_save=config.async_checkpoints)
+  latest = ckpt.latest_step()
+  if config.restore_step < 0 and latest is not None and latest >= config.num_train_steps:
+    log_line(f"Training already finished: step {latest} of {config.num_train_steps} in "
+             f"{workdir}.")
+    ckpt.close()
+    return {}
+  run = run_lib.Run(config, workdir)
+  run_lib.log_run(run)
   train_iter, overlong = run.train_iterator()
   state = _restore_or_init(run, ckpt, train_iter)
   first = int(jax.device_get(state.step))
-  if first >= config.num_train_steps:
-    log_line(f"Training already finished: step {first} of {config.num_train_steps} in {workdir}.")
-    ckpt.close()
-    return {}
   writer = metric_writer.MetricWriter(workdir)
   progress = metric_writer.Progress(config.num_train_steps, first)
   stop = preemption.StopSignal()

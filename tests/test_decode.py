@@ -1,0 +1,113 @@
+"""Decoding: beam 1 equals greedy; a beam as large as the search space finds the exhaustive
+best; cached greedy equals re-running the full model each step."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xformer import decode, variants
+from xformer import model as model_lib
+from xformer.data.tokenizer import BOS_ID, EOS_ID
+
+
+def _model(vocab, posemb="rope", seed=0):
+  cfg = variants.variant("tiny", vocab_size=vocab, d_model=32, num_heads=2, d_ff=64,
+                         num_encoder_layers=1, num_decoder_layers=2, posemb=posemb, dropout=0.0)
+  model = model_lib.Transformer(cfg)
+  params = model_lib.init_params(model, jax.random.key(seed))
+  # Sharpen the random model so that greedy and beam choices are far from ties.
+  params = jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, params)
+  return model, params
+
+
+def _sequence_logps(model, params, src, seqs, length):
+  """log P(seq | src) of each sequence by the full (uncached) model, in one batch: teacher
+  forcing on BOS + seq[:-1], padded to `length` (causality makes the padding irrelevant)."""
+  padded = np.zeros((len(seqs), length), np.int32)
+  for i, seq in enumerate(seqs):
+    padded[i, :len(seq)] = seq
+  tgt_in = np.concatenate([np.full((len(seqs), 1), BOS_ID), padded[:, :-1]], axis=1)
+  logits = jax.jit(model.apply)({"params": params}, jnp.repeat(src, len(seqs), 0), tgt_in)
+  logp = np.asarray(jnp.take_along_axis(jax.nn.log_softmax(logits), padded[..., None], -1))[..., 0]
+  return [float(logp[i, :len(seq)].sum()) for i, seq in enumerate(seqs)]
+
+
+def test_beam_of_one_equals_greedy():
+  model, params = _model(40)
+  src = jax.random.randint(jax.random.key(1), (3, 7), 3, 40)
+  greedy = decode.greedy_translate(model, params, src, max_len=12)
+  tokens, _ = decode.beam_translate(model, params, src, max_len=12, beam=1, alpha=0.0)
+  np.testing.assert_array_equal(tokens[:, 0], greedy)
+
+
+def test_cached_greedy_equals_full_recompute():
+  model, params = _model(40, posemb="alibi")
+  src = jax.random.randint(jax.random.key(2), (2, 6), 3, 40)
+  greedy = np.asarray(decode.greedy_translate(model, params, src, max_len=8))
+  full = jax.jit(model.apply)
+  for row in range(2):
+    prefix = [BOS_ID]
+    for t in range(8):  # Re-run the whole model on the whole prefix for every token.
+      logits = full({"params": params}, src[row:row + 1], jnp.array([prefix]))
+      token = int(jnp.argmax(logits[0, -1]))
+      assert greedy[row, t] == token, (row, t)
+      if token == EOS_ID:
+        break
+      prefix.append(token)
+
+
+def test_full_width_beam_finds_the_exhaustive_best():
+  vocab, max_len, alpha = 5, 4, 0.6
+  model, params = _model(vocab, seed=3)
+  src = jnp.array([[3, 4, 3, 1]])
+  candidates = []  # Every hypothesis: ends with EOS, or reaches max_len.
+  for length in range(1, max_len + 1):
+    for body in itertools.product([t for t in range(vocab) if t != EOS_ID], repeat=length - 1):
+      lasts = [EOS_ID] if length < max_len else range(vocab)
+      candidates += [tuple(body) + (last,) for last in lasts]
+  logps = _sequence_logps(model, params, src, candidates, max_len)
+  scores = {seq: lp / float(decode.length_penalty(jnp.asarray(len(seq)), alpha))
+            for seq, lp in zip(candidates, logps)}
+  best = max(scores, key=scores.get)
+  tokens, beam_scores = decode.beam_translate(model, params, src, max_len=max_len,
+                                              beam=vocab**max_len, alpha=alpha)
+  got = tuple(int(t) for t in tokens[0, 0][:len(best)])
+  assert got == best
+  np.testing.assert_allclose(float(beam_scores[0, 0]), scores[best], rtol=1e-4)
+  # The n-best list is sorted and its second entry is the exhaustive second best.
+  second = sorted(scores.values())[-2]
+  np.testing.assert_allclose(float(beam_scores[0, 1]), second, rtol=1e-4)
+
+
+def test_top_k_one_sampling_equals_greedy_and_is_seeded():
+  cfg = variants.variant("tiny", vocab_size=30, d_model=32, num_heads=2, d_ff=64,
+                         num_decoder_layers=2, posemb="t5_bias", dropout=0.0)
+  model = model_lib.DecoderOnlyLM(cfg)
+  params = model_lib.init_params(model, jax.random.key(0))
+  prompt = jnp.array([[BOS_ID, 5, 6, 7], [BOS_ID, 9, 0, 0]])
+  lens = jnp.array([4, 2])
+  greedy = decode.sample_lm(model, params, prompt, lens, jax.random.key(1), max_len=10,
+                            temperature=0.0)
+  top1 = decode.sample_lm(model, params, prompt, lens, jax.random.key(2), max_len=10,
+                          temperature=1.3, top_k=1)
+  np.testing.assert_array_equal(top1, greedy)
+  np.testing.assert_array_equal(greedy[:, :4], jnp.array([[BOS_ID, 5, 6, 7],
+                                                           [BOS_ID, 9, greedy[1, 2],
+                                                            greedy[1, 3]]]))
+  # Greedy continuation of row 1 equals argmax of the full model on its own prefix.
+  logits = jax.jit(model.apply)({"params": params}, greedy[1:2, :2])
+  assert int(greedy[1, 2]) == int(jnp.argmax(logits[0, -1]))
+  a = decode.sample_lm(model, params, prompt, lens, jax.random.key(7), max_len=10, top_p=0.9)
+  b = decode.sample_lm(model, params, prompt, lens, jax.random.key(7), max_len=10, top_p=0.9)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_filter_logits_top_k_and_top_p():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  kept = lambda x: (np.asarray(x) > -1e30).tolist()[0]
+  assert kept(decode.filter_logits(logits, top_k=2)) == [True, True, False, False]
+  assert kept(decode.filter_logits(logits, top_p=0.7)) == [True, True, False, False]
+  assert kept(decode.filter_logits(logits, top_p=0.85)) == [True, True, True, False]
+  assert kept(decode.filter_logits(logits, top_p=0.5)) == [True, False, False, False]
