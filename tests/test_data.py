@@ -2,7 +2,6 @@
 
 import os
 
-import numpy as np
 import pytest
 
 from xformer.data import builders, datasets, synthetic, text_files, tokenizer

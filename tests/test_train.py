@@ -2,7 +2,6 @@
 and two processes agree with one."""
 
 import functools
-import json
 import os
 import signal
 import socket

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xformer import evaluate, metric_writer, preemption
+from xformer import evaluate, metric_writer, preemption, sharding
 from xformer import run as run_lib
 from xformer.checkpoint import Checkpointer
 from xformer.data import pipeline
@@ -86,6 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_time = time.time()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
+  sharding.maybe_initialize_distributed()  # Before anything (orbax too) starts the backend.
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                       async_save=config.async_checkpoints)
   latest = ckpt.latest_step()
