@@ -114,19 +114,23 @@ class FilesConfig(tfds.core.BuilderConfig):
     super().__init__(name=f"files_{digest[:12]}", version="1.0.0")
 
 
-class XformerParallelText(tfds.core.GeneratorBasedBuilder):
-  """The user's parallel text: per split, [source_file, target_file] or [tsv_file]."""
+class _SplitsFromFiles:
+  """For builders of the user's files: one split per entry of the FilesConfig."""
 
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = []
-
-  def _info(self):
-    return _translation_info(self, self.__doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager
     return {split: self._generate_examples(split, paths)
             for split, paths in self.builder_config.files.items()}
+
+
+class XformerParallelText(_SplitsFromFiles, tfds.core.GeneratorBasedBuilder):
+  """The user's parallel text: per split, [source_file, target_file] or [tsv_file]."""
+
+  def _info(self):
+    return _translation_info(self, self.__doc__)
 
   def _generate_examples(self, split, paths):
     if len(paths) not in (1, 2):
@@ -140,19 +144,11 @@ class XformerParallelText(tfds.core.GeneratorBasedBuilder):
     text_files.log_skips(f"{split} ({', '.join(paths)})", skips)
 
 
-class XformerPlainText(tfds.core.GeneratorBasedBuilder):
+class XformerPlainText(_SplitsFromFiles, tfds.core.GeneratorBasedBuilder):
   """The user's plain text for language modelling: per split, a list of files, a line each."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  BUILDER_CONFIGS = []
 
   def _info(self):
     return _text_info(self, self.__doc__)
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(split, paths)
-            for split, paths in self.builder_config.files.items()}
 
   def _generate_examples(self, split, paths):
     cfg = self.builder_config
