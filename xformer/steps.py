@@ -50,8 +50,8 @@ def _sums(params, model, batch, rng, label_smoothing, deterministic):
 
 def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *, model,
                tx: optax.GradientTransformation, schedule: Callable, label_smoothing: float,
-               grad_accum_steps: int = 1, skip_nonfinite: bool = False,
-               grad_hook: Callable | None = None) -> tuple[TrainState, dict[str, Array]]:
+               grad_accum_steps: int = 1,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, Array]]:
   """One optimizer step on `batch` (split into `grad_accum_steps` micro-batches).
 
   The loss is the label-smoothed cross-entropy summed over all real target tokens of the whole
@@ -84,8 +84,6 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *, model,
 
   weight = jnp.maximum(sums["weight"], 1.0)
   grads = jax.tree.map(lambda g: g / weight, grads)
-  if grad_hook is not None:  # Tests inject gradient faults here.
-    grads = grad_hook(grads, state.step)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -151,8 +151,7 @@ class PadUnpacked(grain.transforms.Map):
 
 def _tidy_packed(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Drops the packer's duplicate bookkeeping of targets_in (same layout as targets)."""
-  ex = {k: v.astype(np.int32) for k, v in ex.items() if not k.startswith("targets_in_")}
-  return ex
+  return {k: v.astype(np.int32) for k, v in ex.items() if not k.startswith("targets_in_")}
 
 
 def _packed(ds: grain.IterDataset, lengths: Lengths, task: str, batch_size: int,
