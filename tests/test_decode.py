@@ -46,16 +46,28 @@ def test_cached_greedy_equals_full_recompute():
   model, params = _model(40, posemb="alibi")
   src = jax.random.randint(jax.random.key(2), (2, 6), 3, 40)
   greedy = np.asarray(decode.greedy_translate(model, params, src, max_len=8))
+  np.testing.assert_array_equal(greedy, decode.recompute_translate(model, params, src, max_len=8))
   full = jax.jit(model.apply)
   for row in range(2):
-    prefix = [BOS_ID]
+    prefix = np.zeros((1, 8), np.int32)  # Causal: slots after t do not change position t.
+    prefix[0, 0] = BOS_ID
     for t in range(8):  # Re-run the whole model on the whole prefix for every token.
-      logits = full({"params": params}, src[row:row + 1], jnp.array([prefix]))
-      token = int(jnp.argmax(logits[0, -1]))
+      logits = full({"params": params}, src[row:row + 1], prefix)
+      token = int(jnp.argmax(logits[0, t]))
       assert greedy[row, t] == token, (row, t)
-      if token == EOS_ID:
+      if token == EOS_ID or t == 7:
         break
-      prefix.append(token)
+      prefix[0, t + 1] = token
+
+
+def test_cached_beam_search_equals_recompute_for_table_and_bias_encodings():
+  for posemb in ("learned", "t5_bias"):
+    model, params = _model(40, posemb=posemb)
+    src = jax.random.randint(jax.random.key(4), (2, 6), 3, 40)
+    tokens, scores = decode.beam_translate(model, params, src, max_len=9, beam=3, alpha=0.6)
+    ref_tokens, ref_scores = decode.recompute_translate(model, params, src, max_len=9, beam=3)
+    np.testing.assert_array_equal(tokens, ref_tokens, err_msg=posemb)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, err_msg=posemb)
 
 
 def test_full_width_beam_finds_the_exhaustive_best():

@@ -84,7 +84,8 @@ class Checkpointer:
                read_only: bool = False):
     self.directory = os.path.abspath(os.path.expanduser(directory))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, read_only=read_only,
+        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+        enable_async_checkpointing=async_save, read_only=read_only,
         cleanup_tmp_directories=not read_only, create=not read_only)
     handlers = {"params": ocp.StandardCheckpointHandler(),
                 "opt_state": ocp.StandardCheckpointHandler(),
@@ -152,10 +153,12 @@ class Checkpointer:
     self.manager.close()
 
 
-def average_params(directory: str, abstract_params: Any, last: int = 5) -> tuple[Any, list[int]]:
-  """Mean of the parameters of the last `last` checkpoints (the paper averages 5 or 20)."""
+def average_params(directory: str, abstract_params: Any, last: int = 5,
+                   steps: list[int] | None = None) -> tuple[Any, list[int]]:
+  """Mean of the parameters of the last `last` checkpoints (the paper averages 5 or 20), or of
+  the given `steps`."""
   ckpt = Checkpointer(directory, read_only=True)
-  steps = ckpt.steps()[-last:]
+  steps = ckpt.steps()[-last:] if steps is None else steps
   if not steps:
     raise FileNotFoundError(f"No checkpoints in {directory}.")
   total = None

@@ -150,6 +150,33 @@ def beam_translate(model: model_lib.Transformer, params: Any, src: Array, max_le
   return beam_search_loop(step_fn, cache, batch, beam, max_len, alpha)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "beam", "alpha"))
+def recompute_translate(model: model_lib.Transformer, params: Any, src: Array, max_len: int,
+                        beam: int = 1, alpha: float = 0.6) -> Array:
+  """Reference decoding without a KV cache: every step re-runs the decoder over the whole
+  output buffer [B*K, max_len] (causal, so later slots do not matter) and reads one position.
+  Same loops as greedy_translate / beam_translate; for tests and the decode benchmark.
+
+  Returns:
+    [B, max_len] tokens (greedy) or, for beam > 1, the n-best [B, K, max_len] and scores.
+  """
+  batch = src.shape[0]
+  src = jnp.repeat(src, beam, axis=0)  # [B*K, S]
+  src_segments = masks.segments_from_tokens(src)
+  encoded = model.apply({"params": params}, src, method="encode")  # [B*K, S, D]
+  state = {"tokens": jnp.zeros((batch * beam, max_len), jnp.int32), "i": jnp.int32(0)}
+
+  def step_fn(state, token):
+    tokens = jax.lax.dynamic_update_slice(state["tokens"], token, (0, state["i"]))
+    logits = model.apply({"params": params}, encoded, src_segments, tokens, method="decode")
+    logits = jax.lax.dynamic_index_in_dim(logits, state["i"], axis=1, keepdims=False)
+    return logits, {"tokens": tokens, "i": state["i"] + 1}  # [B*K, V]
+
+  if beam == 1:
+    return _greedy_loop(step_fn, state, batch, max_len)
+  return beam_search_loop(step_fn, state, batch, beam, max_len, alpha)
+
+
 def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
   """Masks logits [B, V] outside the top-k tokens and outside the smallest set whose
   probability reaches top_p (nucleus sampling, Holtzman et al. 2020). 0 / 1.0 disable them."""
