@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 ITEMS = ("params", "opt_state", "data_iter", "config")
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint whose parameters do not match the model the config builds."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A step directory that cannot be read back (missing items or files, damaged metadata)."""
 
 
 def _path_str(path) -> str:
@@ -83,16 +90,31 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int | None = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = os.path.abspath(os.path.expanduser(directory))
+    if not read_only:
+      self._remove_unfinished_saves()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
         enable_async_checkpointing=async_save, read_only=read_only,
-        cleanup_tmp_directories=not read_only, create=not read_only)
+        # Orbax's own clean-up runs in a background future that close() does not await (it
+        # can die at interpreter exit and leave the directory): see _remove_unfinished_saves.
+        cleanup_tmp_directories=False, create=not read_only)
     handlers = {"params": ocp.StandardCheckpointHandler(),
                 "opt_state": ocp.StandardCheckpointHandler(),
                 "data_iter": grain.checkpoint.CheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
                                          item_handlers=handlers)
+
+  def _remove_unfinished_saves(self) -> None:
+    """Deletes `<step>.orbax-checkpoint-tmp*` directories: saves a crash interrupted before
+    their final rename. They were never checkpoints; the previous step is intact."""
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      for name in sorted(os.listdir(self.directory)):
+        if ".orbax-checkpoint-tmp" in name:
+          logging.warning("Removing unfinished save %s (interrupted by a crash).", name)
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("xformer_remove_unfinished_saves")
 
   def steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -119,18 +141,45 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))["config"]
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _metadata(self, step: int, item: str) -> Any:
+    """An item's tree metadata; CorruptCheckpointError when it is missing or unreadable."""
+    path = os.path.join(self.step_dir(step), item)
+    if not os.path.isfile(os.path.join(path, "_METADATA")):
+      raise CorruptCheckpointError(f"Checkpoint {self.step_dir(step)} is incomplete: "
+                                   f"{path}/_METADATA is missing.")
+    try:
+      return self.item_metadata(step, item)
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
+      raise CorruptCheckpointError(f"Checkpoint {self.step_dir(step)}: cannot read the "
+                                   f"metadata of {item!r} ({type(e).__name__}: {e}).") from e
+
+  def _restore(self, step: int, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"Checkpoint {self.step_dir(step)} cannot be read back "
+                                   f"({type(e).__name__}: {str(e)[:500]}).") from e
+
   def restore_params(self, step: int, abstract_params: Any, shardings: Any | None = None) -> Any:
     """Only the parameters of `step`, placed per `shardings` (default: one local device)."""
-    compare_shapes(self.item_metadata(step, "params"), abstract_params)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(abstract_params, shardings))))
+    compare_shapes(self._metadata(step, "params"), abstract_params)
+    out = self._restore(step, {"params": ocp.args.StandardRestore(
+        _abstract(abstract_params, shardings))})
     return out["params"]
 
   def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any,
               param_shardings: Any, opt_shardings: Any, data_iter: Any | None) -> tuple[Any, Any]:
-    """Parameters, optimizer state and (in place) the data iterator of `step`."""
-    compare_shapes(self.item_metadata(step, "params"), abstract_params)
-    compare_shapes(self.item_metadata(step, "opt_state"), abstract_opt_state, "opt_state")
+    """Parameters, optimizer state and (in place) the data iterator of `step`.
+
+    Raises:
+      CheckpointMismatchError: shapes differ from the model's (the config is wrong).
+      CorruptCheckpointError: the step cannot be read (the checkpoint is damaged).
+    """
+    compare_shapes(self._metadata(step, "params"), abstract_params)
+    compare_shapes(self._metadata(step, "opt_state"), abstract_opt_state, "opt_state")
     args = {"params": ocp.args.StandardRestore(_abstract(abstract_params, param_shardings)),
             "opt_state": ocp.args.StandardRestore(_abstract(abstract_opt_state, opt_shardings))}
     if data_iter is not None and not self._has_item(step, "data_iter"):
@@ -139,8 +188,21 @@ class Checkpointer:
                               "--config.init_from instead of resuming from it.")
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    out = self._restore(step, args)
     return out["params"], out["opt_state"]
+
+  def quarantine(self, step: int) -> str:
+    """Renames a damaged step directory to `<step>.damaged` (kept for inspection, no longer a
+    step, so the run can save that step again); returns the new path."""
+    target = f"{self.step_dir(step)}.damaged"
+    if jax.process_index() == 0:
+      if os.path.exists(target):
+        target = f"{target}.{int(time.time())}"
+      os.rename(self.step_dir(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"xformer_quarantine_{step}")
+    self.manager.reload()
+    return target
 
   def _has_item(self, step: int, item: str) -> bool:
     return os.path.isdir(os.path.join(self.directory, str(step), item))

@@ -82,6 +82,9 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.restore_step = -1  # Resume from this step instead of the latest (-1).
   c.nan_policy = "fail"
   c.max_consecutive_skips = 5
+  # Drills: make steps fail on purpose (NaN loss, gradient spike); see steps.Faults.
+  c.faults = ml_collections.ConfigDict(dict(nan_at_step=-1, nan_steps=1, spike_at_step=-1,
+                                            spike=1e6))
   c.log_every_steps = 50
   c.eval_every_steps = 500
   c.eval_examples = 1000  # Validation examples for loss/perplexity (0 = the whole split).

@@ -7,7 +7,7 @@ Overrides: `--config.num_train_steps=500 --config.model.posemb=rope`; config arg
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xformer import train
+from xformer import config_lib, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, tokenizer).")
@@ -18,6 +18,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  try:
+    config_lib.validate(_CONFIG.value)
+  except (ValueError, KeyError) as e:  # A config mistake: the message, not a traceback.
+    raise app.UsageError(str(e).strip('"')) from e
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -5,6 +5,7 @@ They know nothing of devices: `xformer.run` jits them once with the mesh's shard
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax
@@ -41,17 +42,41 @@ def apply_model(model, params: Any, batch: dict[str, Array], deterministic: bool
                      deterministic=deterministic, rngs=rngs, **kwargs)
 
 
-def _sums(params, model, batch, rng, label_smoothing, deterministic):
+@dataclasses.dataclass(frozen=True)
+class Faults:
+  """Deliberate failures for drills and tests (config.faults). Steps count from 1.
+
+  The loss (hence every gradient) of steps nan_at_step .. nan_at_step + nan_steps - 1 is NaN;
+  that of spike_at_step is multiplied by `spike` (a gradient spike of that factor).
+  """
+
+  nan_at_step: int = -1
+  nan_steps: int = 1
+  spike_at_step: int = -1
+  spike: float = 1e6
+
+  def loss_scale(self, step: Array) -> Array | None:
+    if self.nan_at_step < 0 and self.spike_at_step < 0:
+      return None
+    nan = (step >= self.nan_at_step) & (step < self.nan_at_step + self.nan_steps)
+    scale = jnp.where(step == self.spike_at_step, self.spike, 1.0)
+    return jnp.where(nan & (self.nan_at_step >= 0), jnp.nan, scale)
+
+
+def _sums(params, model, batch, rng, label_smoothing, deterministic, scale=None):
   logits = apply_model(model, params, batch, deterministic, rng)
   weights = batch["targets_segment_ids"] > 0
   sums = losses.cross_entropy(logits, batch["targets"], weights, label_smoothing)
+  if scale is not None:
+    sums = {**sums, "loss": sums["loss"] * scale, "nll": sums["nll"] * scale}
   return sums["loss"], sums
 
 
 def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *, model,
                tx: optax.GradientTransformation, schedule: Callable, label_smoothing: float,
                grad_accum_steps: int = 1,
-               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, Array]]:
+               skip_nonfinite: bool = False,
+               faults: Faults | None = None) -> tuple[TrainState, dict[str, Array]]:
   """One optimizer step on `batch` (split into `grad_accum_steps` micro-batches).
 
   The loss is the label-smoothed cross-entropy summed over all real target tokens of the whole
@@ -62,10 +87,11 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *, model,
   """
   rng = jax.random.fold_in(rng, state.step)
   grad_fn = jax.value_and_grad(_sums, has_aux=True)
+  scale = faults.loss_scale(state.step + 1) if faults else None
 
   def micro(i, mb):
     (_, sums), grads = grad_fn(state.params, model, mb, jax.random.fold_in(rng, i),
-                               label_smoothing, False)
+                               label_smoothing, False, scale)
     return grads, sums
 
   if grad_accum_steps == 1:

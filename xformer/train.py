@@ -10,15 +10,16 @@ import logging
 import math
 import os
 import time
+import zlib
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from xformer import evaluate, metric_writer, preemption, sharding
+from xformer import config_lib, evaluate, metric_writer, preemption, sharding
 from xformer import run as run_lib
-from xformer.checkpoint import Checkpointer
+from xformer.checkpoint import Checkpointer, CorruptCheckpointError
 from xformer.data import pipeline
 from xformer.steps import TrainState
 
@@ -34,15 +35,38 @@ def log_line(text: str) -> None:
   logging.info(text)
 
 
+def _restore_latest_good(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> tuple[int, Any]:
+  """Restores the newest readable step, warning about every damaged newer one. An explicit
+  config.restore_step must be readable; a directory whose every step is damaged is an error
+  (never a silent fresh start)."""
+  config = run.config
+  if config.restore_step >= 0:
+    if config.restore_step not in ckpt.steps():
+      raise FileNotFoundError(f"restore_step={config.restore_step} is not a checkpoint of "
+                              f"{ckpt.directory}; available steps: {ckpt.steps()}.")
+    candidates = [config.restore_step]
+  else:
+    candidates = sorted(ckpt.steps(), reverse=True)
+  bad = []
+  for step in candidates:
+    try:
+      return step, ckpt.restore(step, run.abstract_params, run.abstract_opt_state,
+                                run.param_shardings, run.opt_shardings, train_iter)
+    except CorruptCheckpointError as e:
+      if config.restore_step >= 0:
+        raise
+      moved = ckpt.quarantine(step)
+      log_line(f"WARNING: damaged checkpoint {ckpt.step_dir(step)} moved to {moved}; trying "
+               f"an older step. ({e})")
+      bad.append(moved)
+  raise CorruptCheckpointError(f"No readable checkpoint in {ckpt.directory}; damaged: {bad}. "
+                               "Move them away to start from scratch.")
+
+
 def _restore_or_init(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> TrainState:
   config = run.config
-  step = config.restore_step if config.restore_step >= 0 else ckpt.latest_step()
-  if step is not None:
-    if step not in ckpt.steps():
-      raise FileNotFoundError(f"restore_step={step} is not a checkpoint of {ckpt.directory}; "
-                              f"available steps: {ckpt.steps()}.")
-    params, opt_state = ckpt.restore(step, run.abstract_params, run.abstract_opt_state,
-                                     run.param_shardings, run.opt_shardings, train_iter)
+  if ckpt.steps():
+    step, (params, opt_state) = _restore_latest_good(run, ckpt, train_iter)
     log_line(f"Resumed from step {step} in {ckpt.directory}.")
     step_arr = jax.device_put(np.int32(step), run.state_shardings.step)
     return TrainState(step_arr, params, opt_state)
@@ -56,6 +80,28 @@ def _restore_or_init(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> TrainS
     log_line(f"Initialised parameters from {config.init_from} step {source.latest_step()}.")
     state = state.replace(params=params)
   return state
+
+
+def _check_writable(workdir: str) -> None:
+  """Fails at start, not at the first save an hour later, when the workdir cannot be written."""
+  try:
+    os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"The workdir {workdir} cannot be written ({e}); nothing was trained. Pick a "
+                  "writable --workdir (with free space).") from e
+
+
+def batch_crc(batch: dict[str, np.ndarray]) -> int:
+  """Fingerprint of this process's rows of a batch (metrics data/batch_crc32): resumed and
+  uninterrupted runs must see the same batches."""
+  crc = 0
+  for key in sorted(batch):
+    crc = zlib.crc32(np.ascontiguousarray(batch[key]).tobytes(), crc)
+  return crc
 
 
 def _save(ckpt: Checkpointer, run: run_lib.Run, state: TrainState, train_iter) -> None:
@@ -84,8 +130,9 @@ def evaluate_run(run: run_lib.Run, params: Any, split: str, *, loss_limit: int |
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
   start_time = time.time()
+  config_lib.validate(config)  # Config errors first: before the workdir is touched.
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  _check_writable(workdir)
   sharding.maybe_initialize_distributed()  # Before anything (orbax too) starts the backend.
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                       async_save=config.async_checkpoints)
@@ -104,9 +151,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = metric_writer.Progress(config.num_train_steps, first)
   stop = preemption.StopSignal()
   rng = jax.random.key(config.seed + 1)
-  tally = {"skips": 0, "tokens": 0.0}
+  tally = {"skips": 0, "skips_total": 0, "tokens": 0.0}
+  clip = config.optimizer.clip_grad_norm
 
-  def settle(step: int, metrics: dict[str, Any]) -> None:
+  def settle(step: int, metrics: dict[str, Any], crc: int) -> None:
     """Host-side checks and logging of a finished step (read one step late, so that the host
     prepares step s+1 while the device computes step s)."""
     metrics = jax.device_get(metrics)
@@ -114,13 +162,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.nan_policy == "fail" and not math.isfinite(loss):
       raise NonFiniteLossError(f"Loss is NaN or infinite at step {step} ({loss}); the last "
                                f"checkpoint ({ckpt.latest_step()}) is kept unchanged.")
-    tally["skips"] = tally["skips"] + 1 if metrics.get("train/skipped", 0) else 0
+    skipped = bool(metrics.get("train/skipped", 0))
+    tally["skips"] = tally["skips"] + 1 if skipped else 0
+    tally["skips_total"] += int(skipped)
+    if skipped:
+      log_line(f"step {step}: non-finite loss or gradient, update skipped "
+               f"({tally['skips']} in a row, at most {config.max_consecutive_skips}).")
     if tally["skips"] > config.max_consecutive_skips:
       raise NonFiniteLossError(f"{tally['skips']} consecutive non-finite steps up to step "
                                f"{step}: giving up (max_consecutive_skips).")
+    grad_norm = float(metrics["train/grad_norm"])
+    if clip > 0 and grad_norm > 10 * clip:
+      log_line(f"step {step}: gradient norm {grad_norm:.4g} clipped to {clip:g}.")
     tally["tokens"] += float(metrics["train/tokens"])
     if step % config.log_every_steps == 0 or step == config.num_train_steps:
-      writer.write(step, {**metrics, **{f"data/{k}": v for k, v in overlong.summary().items()}})
+      writer.write(step, {**metrics, **{f"data/{k}": v for k, v in overlong.summary().items()},
+                          "data/batch_crc32": crc, "train/skipped_total": tally["skips_total"]})
       log_line(progress.line(step, loss, tally["tokens"]))
       tally["tokens"] = 0.0
 
@@ -128,11 +185,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pending = None
   try:
     for step in range(first + 1, config.num_train_steps + 1):
-      batch = run.put_batch(next(train_iter), local=True)
-      state, metrics = run.p_train_step(state, batch, rng)
+      host_batch = next(train_iter)
+      state, metrics = run.p_train_step(state, run.put_batch(host_batch, local=True), rng)
       if pending:
         settle(*pending)
-      pending = (step, metrics)
+      pending = (step, metrics, batch_crc(host_batch))
       at_save = step % config.checkpoint_every_steps == 0
       at_eval = step % config.eval_every_steps == 0 and step < config.num_train_steps
       stopping = stop.should_stop()

@@ -1,0 +1,251 @@
+"""Reliability: crashes mid-save, NaNs, gradient spikes, topology changes, mismatched or damaged
+checkpoints, unwritable workdirs. Nothing is lost and every failure says what happened."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from conftest import small_config
+from xformer import metric_writer, train
+from xformer import run as run_lib
+from xformer.checkpoint import Checkpointer, CheckpointMismatchError, CorruptCheckpointError
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _metrics(workdir, key="train/loss"):
+  return {m["step"]: m[key] for m in metric_writer.read_metrics(workdir) if key in m}
+
+
+def _steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def _restore(config, workdir, step):
+  run = run_lib.Run(config, None)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  params, opt_state = ckpt.restore(step, run.abstract_params, run.abstract_opt_state, None, None,
+                                   None)
+  return jax.device_get(params), jax.device_get(opt_state)
+
+
+def _finite(tree):
+  return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.slow
+def test_kill_9_right_after_an_async_save_loses_nothing(small_files, tmp_path):
+  workdir = str(tmp_path / "run")
+  script = tmp_path / "crash.py"
+  script.write_text(textwrap.dedent(f"""
+      import os, signal, sys
+      sys.path.insert(0, {TESTS!r})
+      from conftest import small_config
+      from xformer import checkpoint, train
+      real_save = checkpoint.Checkpointer.save
+      def save(self, step, *args, **kwargs):
+        started = real_save(self, step, *args, **kwargs)
+        if step == 4:  # The async write of step 4 has just been issued.
+          os.kill(os.getpid(), signal.SIGKILL)
+        return started
+      checkpoint.Checkpointer.save = save
+      train.train_and_evaluate(small_config({small_files!r}, checkpoint_every_steps=2), {workdir!r})
+      """))
+  proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))  # Cleans temporary directories.
+  steps = ckpt.steps()
+  ckpt.close()
+  assert steps in ([2], [2, 4]), steps
+  assert not [p for p in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in p]
+  final = train.train_and_evaluate(small_config(small_files, checkpoint_every_steps=2), workdir)
+  assert np.isfinite(final["test/loss"]) and max(_metrics(workdir)) == 6
+
+
+def test_nan_fails_fast_and_keeps_the_last_good_checkpoint(small_files, tmp_path):
+  config = small_config(small_files, checkpoint_every_steps=1, keep_checkpoints=10,
+                        **{"faults.nan_at_step": 4})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(train.NonFiniteLossError, match=r"NaN or infinite at step 4"):
+    train.train_and_evaluate(config, workdir)
+  assert _steps(workdir) == [1, 2, 3]
+  assert _finite(_restore(config, workdir, 3))
+
+
+def test_nan_skip_leaves_the_state_unchanged_counts_and_gives_up(small_files, tmp_path):
+  config = small_config(small_files, checkpoint_every_steps=1, keep_checkpoints=10,
+                        nan_policy="skip", **{"faults.nan_at_step": 4})
+  workdir = str(tmp_path / "skip")
+  final = train.train_and_evaluate(config, workdir)
+  assert np.isfinite(final["test/loss"])
+  before, after = _restore(config, workdir, 3), _restore(config, workdir, 4)
+  jax.tree.map(np.testing.assert_array_equal, before, after)  # Params and optimizer state.
+  assert _metrics(workdir, "train/skipped") == {1: 0, 2: 0, 3: 0, 4: 1, 5: 0, 6: 0}
+  assert _metrics(workdir, "train/skipped_total")[6] == 1
+  assert not jax.tree.all(jax.tree.map(np.array_equal, after, _restore(config, workdir, 5)))
+  # Three NaN steps in a row with at most two allowed: give up at the third.
+  config = small_config(small_files, nan_policy="skip", max_consecutive_skips=2,
+                        **{"faults.nan_at_step": 2, "faults.nan_steps": 3})
+  with pytest.raises(train.NonFiniteLossError, match=r"3 consecutive non-finite steps up to "
+                     r"step 4"):
+    train.train_and_evaluate(config, str(tmp_path / "give_up"))
+
+
+def test_gradient_spike_is_clipped_to_the_threshold_and_logged(small_files, tmp_path, capsys):
+  config = small_config(small_files, num_train_steps=2, checkpoint_every_steps=1,
+                        **{"faults.spike_at_step": 2, "optimizer.clip_grad_norm": 1.0})
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  norms = _metrics(workdir, "train/grad_norm")
+  assert norms[2] > 1e5 * norms[1]
+  assert "step 2: gradient norm" in capsys.readouterr().out
+  # Adam's first moment: mu2 = b1 mu1 + (1 - b1) g2, so g2 (after clipping) is recoverable.
+  b1 = config.optimizer.b1
+  mu1 = optax.tree_utils.tree_get(_restore(config, workdir, 1)[1], "mu")
+  mu2 = optax.tree_utils.tree_get(_restore(config, workdir, 2)[1], "mu")
+  g2 = jax.tree.map(lambda a, b: (b - b1 * a) / (1 - b1), mu1, mu2)
+  np.testing.assert_allclose(float(optax.global_norm(g2)), 1.0, rtol=1e-3)
+
+
+def test_topology_change_4x2_to_1_and_2x4_and_back(small_files, tmp_path):
+  def run_on(data, fsdp):
+    return run_lib.Run(small_config(small_files, **{"mesh.data": data, "mesh.fsdp": fsdp}), None)
+
+  a = run_on(4, 2)
+  state = a.init_state(jax.random.key(0))
+  values = jax.device_get(state)
+  ckpt = Checkpointer(str(tmp_path / "a"), async_save=False)
+  ckpt.save(0, state.params, state.opt_state, None, {})
+  # One device.
+  single = ckpt.restore_params(0, a.abstract_params)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(single), values.params)
+  assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(single))
+  # A (2, 4) mesh: same values, the shardings asked for.
+  b = run_on(2, 4)
+  params, opt_state = ckpt.restore(0, b.abstract_params, b.abstract_opt_state, b.param_shardings,
+                                   b.opt_shardings, None)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get((params, opt_state)),
+               (values.params, values.opt_state))
+  jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim) or pytest.fail(str(s)),
+               params, b.param_shardings)
+  assert params["embed"]["embedding"].sharding.spec != state.params["embed"][
+      "embedding"].sharding.spec or b.mesh.shape != a.mesh.shape
+  # And back onto (4, 2).
+  back = Checkpointer(str(tmp_path / "b"), async_save=False)
+  back.save(0, params, opt_state, None, {})
+  again = back.restore_params(0, a.abstract_params, a.param_shardings)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(again), values.params)
+  jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim) or pytest.fail(str(s)),
+               again, a.param_shardings)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"model.num_decoder_layers": 2}, r"decoder/layers/.*checkpoint shape \(1, .*expected shape "
+                                      r"\(2, "),
+    ({"model.d_model": 48}, r"embed/embedding: checkpoint shape \(400, 32\), expected shape "
+                            r"\(400, 48\)"),
+    ({"model.posemb": "learned", "model.posemb_kw": {"init_stddev": 0.02}},
+     r"decoder/posemb/table: expected \(64, 32\), missing from the checkpoint"),
+    ({"tokenizer.vocab_size": 500, "init_from": "SELF"},
+     r"embed/embedding: checkpoint shape \(400, 32\), expected shape \(\d+, 32\)"),
+])
+def test_config_that_does_not_match_the_checkpoint_fails_before_step_1(
+    small_files, tmp_path_factory, change, expected):
+  workdir = str(tmp_path_factory.getbasetemp() / "mismatch_source")
+  if not os.path.isdir(workdir):
+    train.train_and_evaluate(small_config(small_files, num_train_steps=3), workdir)
+  target = workdir
+  if change.get("init_from") == "SELF":  # Other vocabulary: a new run starting from this one.
+    change = {**change, "init_from": workdir}
+    target = str(tmp_path_factory.mktemp("other_vocab"))
+  before = metric_writer.read_metrics(target) if target == workdir else []
+  with pytest.raises(CheckpointMismatchError, match=expected):
+    train.train_and_evaluate(small_config(small_files, num_train_steps=5, **change), target)
+  after = metric_writer.read_metrics(target) if os.path.exists(target) else []
+  assert after == before  # Not a single step was taken.
+
+
+def test_damaged_checkpoints_fall_back_to_the_newest_good_step(small_files, tmp_path, capsys):
+  config = small_config(small_files, checkpoint_every_steps=2, keep_checkpoints=10)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  for path in glob.glob(f"{ckpts}/6/params/**/d/*", recursive=True):  # Missing data files.
+    os.remove(path)
+  meta = f"{ckpts}/4/opt_state/_METADATA"  # Truncated metadata.
+  with open(meta) as f:
+    text = f.read()
+  with open(meta, "w") as f:
+    f.write(text[:len(text) // 2])
+  os.makedirs(f"{ckpts}/8")  # An empty step directory.
+  os.makedirs(f"{ckpts}/junk")  # Not a step at all.
+  with pytest.raises(CorruptCheckpointError, match=f"{ckpts}/6"):
+    train.train_and_evaluate(small_config(small_files, restore_step=6, checkpoint_every_steps=2,
+                                          keep_checkpoints=10), workdir)
+  capsys.readouterr()
+  final = train.train_and_evaluate(small_config(small_files, num_train_steps=10,
+                                                checkpoint_every_steps=2, keep_checkpoints=10),
+                                   workdir)
+  out = capsys.readouterr().out
+  for step in (8, 6, 4):
+    assert f"damaged checkpoint {ckpts}/{step} moved to {ckpts}/{step}.damaged" in out
+  assert "Resumed from step 2" in out and np.isfinite(final["test/loss"])
+  assert _steps(workdir) == [2, 4, 6, 8, 10]
+  assert os.path.isdir(f"{ckpts}/6.damaged") and os.path.isdir(f"{ckpts}/junk")
+  # Every step damaged: an error naming them, never a silent fresh start.
+  for step in _steps(workdir):
+    os.remove(f"{ckpts}/{step}/params/_METADATA")
+  with pytest.raises(CorruptCheckpointError, match="No readable checkpoint"):
+    train.train_and_evaluate(small_config(small_files, num_train_steps=12), workdir)
+
+
+def test_unwritable_workdir_fails_at_start(small_files, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(OSError, match="cannot be written"):
+    train.train_and_evaluate(small_config(small_files), str(blocker / "run"))
+
+
+def test_a_failed_save_stops_the_run_with_an_error(small_files, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  real_save = Checkpointer.save
+
+  def save(self, step, *args, **kwargs):
+    if step == 6:  # The disk "fills up": the checkpoints directory becomes unwritable.
+      self.wait()  # (Step 3's save is complete, so only step 6 can fail.)
+      os.rename(self.directory, self.directory + ".moved")
+      with open(self.directory, "w") as f:
+        f.write("")
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(Checkpointer, "save", save)
+  with pytest.raises(Exception) as failure:  # Whatever the filesystem raises, it surfaces.
+    train.train_and_evaluate(small_config(small_files), workdir)
+  assert "checkpoints" in str(failure.value) or isinstance(failure.value, OSError)
+  assert _steps_in(workdir + "/checkpoints.moved") == [3]
+
+
+def _steps_in(directory):
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def test_the_package_never_unpickles():
+  pattern = ("import pickle", "from pickle", "dill", "cloudpickle", "allow_pickle=True",
+             "pickle.load", "torch.load")
+  offenders = []
+  for path in glob.glob(os.path.join(REPO, "xformer", "**", "*.py"), recursive=True):
+    with open(path) as f:
+      for number, line in enumerate(f, 1):
+        if any(p in line for p in pattern):
+          offenders.append(f"{path}:{number}: {line.strip()}")
+  assert not offenders, offenders
