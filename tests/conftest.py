@@ -6,6 +6,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session, its subprocesses and xdist workers: most
+# tests compile the same small model, and compiling dominates their time on CPU.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"xformer_test_jax_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 
@@ -75,7 +80,7 @@ def small_config(small_files, **overrides):
   c.eval_every_steps = 1000
   c.eval_examples = 50
   c.bleu_examples = 0
-  c.test_bleu_examples = 16
+  c.test_bleu_examples = -1  # No final BLEU (a decode compile) unless a test asks for it.
   c.eval_batch_size = 16
   c.num_samples_to_print = 0
   c.optimizer.warmup_steps = 10

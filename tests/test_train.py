@@ -21,9 +21,8 @@ from xformer import run as run_lib
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
-def _losses(workdir):
-  return {m["step"]: m["train/loss"] for m in metric_writer.read_metrics(workdir)
-          if "train/loss" in m}
+def _losses(workdir, key="train/loss"):
+  return {m["step"]: m[key] for m in metric_writer.read_metrics(workdir) if key in m}
 
 
 def test_sharded_step_equals_single_device_step(small_files):
@@ -71,13 +70,17 @@ def test_gradient_accumulation_equals_the_full_batch(small_files):
 
 def test_resumed_run_equals_uninterrupted_run(small_files, tmp_path):
   whole = str(tmp_path / "whole")
-  train.train_and_evaluate(small_config(small_files), whole)
+  train.train_and_evaluate(small_config(small_files, test_bleu_examples=16), whole)
   parts = str(tmp_path / "parts")
   train.train_and_evaluate(small_config(small_files, num_train_steps=3), parts)
-  final = train.train_and_evaluate(small_config(small_files), parts)  # Resumes at step 3.
+  final = train.train_and_evaluate(small_config(small_files, test_bleu_examples=16),
+                                   parts)  # Resumes at step 3.
   expected = _losses(whole)
   assert sorted(expected) == [1, 2, 3, 4, 5, 6]
-  assert _losses(parts) == expected  # Bit-identical per-step losses.
+  assert _losses(parts) == expected  # Bit-identical per-step losses...
+  crcs = _losses(whole, "data/batch_crc32")
+  assert _losses(parts, "data/batch_crc32") == crcs  # ...from the same batches...
+  assert len(set(crcs.values())) == 6  # ...which differ from step to step.
   assert final["test/bleu"] >= 0.0 and np.isfinite(final["test/loss"])
   again = train.train_and_evaluate(small_config(small_files), parts)
   assert again == {}  # Already finished: reported, not restarted.
@@ -186,3 +189,37 @@ def test_two_processes_agree_with_one(small_files, tmp_path):
   assert sorted(multi) == [1, 2, 3, 4]
   for s in multi:
     np.testing.assert_allclose(multi[s], one[s], rtol=1e-5, err_msg=f"step {s}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(small_files, tmp_path):
+  """A preempted host gets SIGTERM: every process saves the same step and exits 0; one process
+  then resumes the run (same logical data shards)."""
+  config = _write_config(tmp_path / "cfg.py", small_files, num_train_steps=100_000,
+                         checkpoint_every_steps=100_000, **{"data.num_shards": 2})
+  workdir = str(tmp_path / "multi")
+  port = _free_port()
+  procs = [_main(config, workdir, env={
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) for i in range(2)]
+  lines = []
+  for line in procs[0].stdout:  # Process 0 prints progress.
+    lines.append(line)
+    if line.startswith("step 3/"):
+      break
+  start = time.time()
+  procs[1].send_signal(signal.SIGTERM)  # Only the second host is preempted.
+  outs = [p.communicate(timeout=60)[0] for p in procs]
+  assert time.time() - start < 30
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, "".join(lines) + out
+  stopped = [l for l in outs[0].splitlines() if l.startswith("Stopped by signal at step")]
+  assert stopped, outs[0]
+  step = int(stopped[0].split()[5].rstrip(";"))
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                if d.isdigit()) == [step]
+  proc = _main(config, workdir, f"--config.num_train_steps={step + 1}")
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  assert f"Resumed from step {step}" in out

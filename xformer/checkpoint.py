@@ -12,9 +12,9 @@ when complete, so a crash mid-save never damages the previous checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
@@ -22,6 +22,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 ITEMS = ("params", "opt_state", "data_iter", "config")
@@ -89,7 +90,8 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int | None = 3, async_save: bool = True,
                read_only: bool = False):
-    self.directory = os.path.abspath(os.path.expanduser(directory))
+    self.directory = directory if "://" in directory else os.path.abspath(
+        os.path.expanduser(directory))  # gs://... stays as it is.
     if not read_only:
       self._remove_unfinished_saves()
     options = ocp.CheckpointManagerOptions(
@@ -108,13 +110,25 @@ class Checkpointer:
   def _remove_unfinished_saves(self) -> None:
     """Deletes `<step>.orbax-checkpoint-tmp*` directories: saves a crash interrupted before
     their final rename. They were never checkpoints; the previous step is intact."""
-    if jax.process_index() == 0 and os.path.isdir(self.directory):
-      for name in sorted(os.listdir(self.directory)):
-        if ".orbax-checkpoint-tmp" in name:
-          logging.warning("Removing unfinished save %s (interrupted by a crash).", name)
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    root = epath.Path(self.directory)
+    if jax.process_index() == 0 and root.is_dir():
+      for path in sorted(root.iterdir()):
+        if ".orbax-checkpoint-tmp" in path.name:
+          logging.warning("Removing unfinished save %s (interrupted by a crash).", path)
+          path.rmtree(missing_ok=True)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("xformer_remove_unfinished_saves")
+
+  def _check_writable(self) -> None:
+    """A probe write before each save: a directory that vanished, became unwritable or whose
+    disk is full fails here at once (orbax itself can block for minutes on a failed save)."""
+    probe = epath.Path(self.directory) / f".probe.{jax.process_index()}"
+    try:
+      probe.write_text("ok")
+      probe.unlink()
+    except OSError as e:
+      raise OSError(f"Cannot write checkpoints to {self.directory} ({e}); the newest complete "
+                    f"checkpoint is step {self.latest_step()}.") from e
 
   def steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -127,6 +141,7 @@ class Checkpointer:
     """Starts an (async) save of step `step`; False if that step is already saved."""
     if step in self.steps():
       return False
+    self._check_writable()
     args = {"params": ocp.args.StandardSave(params), "opt_state": ocp.args.StandardSave(opt_state),
             "config": ocp.args.JsonSave(config)}
     if data_iter is not None:
@@ -142,12 +157,12 @@ class Checkpointer:
         config=ocp.args.JsonRestore()))["config"]
 
   def step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return str(epath.Path(self.directory) / str(step))
 
   def _metadata(self, step: int, item: str) -> Any:
     """An item's tree metadata; CorruptCheckpointError when it is missing or unreadable."""
-    path = os.path.join(self.step_dir(step), item)
-    if not os.path.isfile(os.path.join(path, "_METADATA")):
+    path = epath.Path(self.step_dir(step)) / item
+    if not (path / "_METADATA").is_file():
       raise CorruptCheckpointError(f"Checkpoint {self.step_dir(step)} is incomplete: "
                                    f"{path}/_METADATA is missing.")
     try:
@@ -186,26 +201,46 @@ class Checkpointer:
       raise FileNotFoundError(f"Checkpoint {step} in {self.directory} has no data-iterator "
                               "state (an averaged or imported checkpoint?): use it through "
                               "--config.init_from instead of resuming from it.")
-    if data_iter is not None:
-      args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     out = self._restore(step, args)
+    if data_iter is not None:  # Separately: a mismatch here is the config's, not damage.
+      self._restore_data_iter(step, data_iter)
     return out["params"], out["opt_state"]
+
+  def _restore_data_iter(self, step: int, data_iter: Any) -> None:
+    """grain's per-process state (`process_i-of-n.json`), or, saved by another number of
+    processes, every process's file: a `ShardedBatches` takes its logical shards from them."""
+    directory = epath.Path(self.step_dir(step)) / "data_iter"
+    own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if (directory / own).exists() or not hasattr(data_iter, "set_global_state"):
+      self.manager.restore(step, args=ocp.args.Composite(
+          data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+      return
+    files = {int(p.name.split("_")[1].split("-")[0]): p for p in directory.iterdir()
+             if p.name.startswith("process_") and p.name.endswith(".json")}
+    if not files or sorted(files) != list(range(len(files))):
+      raise ValueError(f"Data iterator state in {directory} is incomplete: {sorted(files)}.")
+    states = []
+    for i in sorted(files):
+      states += json.loads(files[i].read_text())
+    logging.info("Data iterator saved by %d processes, restored on %d.", len(files),
+                 jax.process_count())
+    data_iter.set_global_state(states)
 
   def quarantine(self, step: int) -> str:
     """Renames a damaged step directory to `<step>.damaged` (kept for inspection, no longer a
     step, so the run can save that step again); returns the new path."""
     target = f"{self.step_dir(step)}.damaged"
     if jax.process_index() == 0:
-      if os.path.exists(target):
+      if epath.Path(target).exists():
         target = f"{target}.{int(time.time())}"
-      os.rename(self.step_dir(step), target)
+      epath.Path(self.step_dir(step)).rename(target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"xformer_quarantine_{step}")
     self.manager.reload()
     return target
 
   def _has_item(self, step: int, item: str) -> bool:
-    return os.path.isdir(os.path.join(self.directory, str(step), item))
+    return (epath.Path(self.step_dir(step)) / item).is_dir()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

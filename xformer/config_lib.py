@@ -89,7 +89,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.eval_every_steps = 500
   c.eval_examples = 1000  # Validation examples for loss/perplexity (0 = the whole split).
   c.bleu_examples = 200  # Validation examples translated for BLEU during training.
-  c.test_bleu_examples = 0  # Test examples translated at the end (0 = the whole split).
+  c.test_bleu_examples = 0  # Test examples translated at the end (0: all, -1: none).
   c.eval_batch_size = 128
   c.decode = ml_collections.ConfigDict(dict(beam_size=1, alpha=0.6, max_extra=50))
   c.num_samples_to_print = 3

@@ -64,3 +64,46 @@ def translate_split(dataset, split: str, encoded: pipeline.EncodedSource, tokeni
       refs.append(ref)
       hyps.append(tokenizer.decode(out[r]))
   return srcs, hyps, refs
+
+
+# --- Length generalisation -----------------------------------------------------------------------
+
+
+def token_windows(token_lists: Sequence[Sequence[int]], window: int, bos: int) -> np.ndarray:
+  """Non-overlapping windows [N, window] of the concatenated texts (each text BOS-prefixed,
+  EOS-ended by the caller): every window is full length, the remainder is dropped."""
+  stream = np.concatenate([np.asarray([bos] + list(t), np.int32) for t in token_lists])
+  n = len(stream) // (window + 1)
+  # Inputs window tokens and their next tokens as targets: rows of window + 1.
+  return stream[:n * (window + 1)].reshape(n, window + 1)
+
+
+def position_nll(logits_fn: Callable[[np.ndarray], Any], windows: np.ndarray,
+                 batch_size: int = 8) -> np.ndarray:
+  """Mean next-token NLL at each position [window] over rows [N, window + 1] of `windows`.
+
+  `logits_fn(tokens [B, window]) -> logits [B, window, V]` is the LM (full causal pass).
+  """
+  total = np.zeros(windows.shape[1] - 1)
+  for start in range(0, len(windows), batch_size):
+    rows = windows[start:start + batch_size]
+    logits = np.asarray(jax.device_get(logits_fn(rows[:, :-1])), np.float32)
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    total += -np.take_along_axis(logp, rows[:, 1:, None], -1)[..., 0].sum(0)
+  return total / max(len(windows), 1)
+
+
+def bucket_perplexity(nll: np.ndarray, edges: Sequence[int]) -> dict[str, float]:
+  """Perplexity of positions [edges[i], edges[i+1]) of a per-position NLL curve."""
+  out = {}
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    if hi <= len(nll):
+      out[f"{lo}-{hi}"] = math.exp(min(float(nll[lo:hi].mean()), 50.0))
+  return out
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+  """Fraction of hypotheses equal to their reference (whitespace-normalised)."""
+  same = sum(" ".join(h.split()) == " ".join(r.split()) for h, r in zip(hypotheses, references))
+  return same / max(len(references), 1)

@@ -212,8 +212,9 @@ class ShardedBatches:
   number of processes: a 2-process run trains on exactly the batches of a 1-process run.
   """
 
-  def __init__(self, iterators: Sequence[Any]):
+  def __init__(self, iterators: Sequence[Any], first_shard: int = 0):
     self.iterators = list(iterators)
+    self.first_shard = first_shard  # Global index of iterators[0]'s logical shard.
 
   def __iter__(self):
     return self
@@ -233,6 +234,11 @@ class ShardedBatches:
     for it, st in zip(self.iterators, states):
       it.set_state(st)
 
+  def set_global_state(self, states: Sequence[Any]) -> None:
+    """Restores from the states of all logical shards (saved by any number of processes)."""
+    mine = list(states)[self.first_shard:self.first_shard + len(self.iterators)]
+    self.set_state(json.dumps(mine).encode())
+
   def start_prefetch(self) -> None:  # Called by grain's handler after a restore.
     pass
 
@@ -250,7 +256,7 @@ def sharded_train_iterator(source: EncodedSource, *, batch_size: int, num_shards
       train_iterator(source, batch_size=batch_size // num_shards, process_index=shard,
                      process_count=num_shards, counter=counter, **kwargs)[0]
       for shard in range(process_index * per_process, (process_index + 1) * per_process)]
-  return ShardedBatches(iterators), counter
+  return ShardedBatches(iterators, process_index * per_process), counter
 
 
 def eval_batches(source: EncodedSource, *, task: str, lengths: Lengths, batch_size: int,
