@@ -45,6 +45,19 @@ def attention_weights(q: Array, k: Array, mask: Array | None, bias: Array | None
   return jax.nn.softmax(logits, axis=-1)  # [B, N, T, S]
 
 
+def _mask_from_lengths(t: int, s: int, is_causal: bool, q_lengths: Array | None,
+                       kv_lengths: Array | None) -> Array:
+  """The dense [B|1, 1, T, S] mask equal to a fused kernel's causal flag and lengths."""
+  mask = jnp.ones((1, 1, t, s), bool)
+  if is_causal:
+    mask = mask & (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])
+  if kv_lengths is not None:
+    mask = mask & (jnp.arange(s) < kv_lengths[:, None])[:, None, None, :]
+  if q_lengths is not None:
+    mask = mask & (jnp.arange(t) < q_lengths[:, None])[:, None, :, None]
+  return mask
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head scaled dot-product attention (paper section 3.2).
 
@@ -54,7 +67,8 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: dropout on the attention weights.
     rotate_fn: optional f(x [B, T, N, H], positions [B, T]) -> x applied to q and k (RoPE);
       only meaningful for self-attention.
-    implementation: kernel of `jax.nn.dot_product_attention`: None/"xla" or "cudnn".
+    implementation: None/"xla" (dense masks), "xla_lengths" or "cudnn" (the kernel gets
+      is_causal and sequence lengths instead of a mask: see `__call__`).
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -77,6 +91,9 @@ class MultiHeadAttention(nn.Module):
       positions: Array | None = None,
       deterministic: bool = True,
       decode_index: Array | None = None,
+      is_causal: bool = False,
+      q_lengths: Array | None = None,
+      kv_lengths: Array | None = None,
   ) -> Array:
     """Attends from x_q [B, T, D] to x_kv [B, S, D]; returns [B, T, D].
 
@@ -90,6 +107,8 @@ class MultiHeadAttention(nn.Module):
       decode_index: cache slot of x_q's first token. When given, this is cached self-attention:
         the new keys and values are written to slots decode_index.. of the cache (created with
         the length of x_q on first call, the initialisation call) and queries attend to the cache.
+      is_causal, q_lengths [B], kv_lengths [B]: the mask as a fused kernel takes it (mask=None):
+        causal, and rows whose first q_lengths / kv_lengths tokens are real (unpacked rows).
     """
     d_model = x_q.shape[-1]
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -105,8 +124,11 @@ class MultiHeadAttention(nn.Module):
     if decode_index is not None:
       k, v = self._update_cache(k, v, decode_index)  # [B, L, N, H] each
 
-    if (self.dropout_rate > 0.0 and not deterministic) or self.is_mutable_collection(
-        "intermediates"):
+    explicit = (self.dropout_rate > 0.0 and not deterministic) or self.is_mutable_collection(
+        "intermediates")
+    if mask is None and (is_causal or kv_lengths is not None) and explicit:
+      mask = _mask_from_lengths(q.shape[1], k.shape[1], is_causal, q_lengths, kv_lengths)
+    if explicit:
       probs = attention_weights(q, k, mask, bias)  # [B, N, T, S]
       self.sow("intermediates", "attention_weights", probs)
       probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
@@ -118,7 +140,11 @@ class MultiHeadAttention(nn.Module):
           # their differences in bf16); cuDNN wants it in the compute dtype.
           bias=bias if bias is None or self.implementation != "cudnn" else bias.astype(q.dtype),
           mask=mask,
-          implementation=self.implementation,
+          is_causal=is_causal,
+          query_seq_lengths=q_lengths,
+          key_value_seq_lengths=kv_lengths,
+          # A dense mask (cached decoding) always takes the XLA kernel.
+          implementation="cudnn" if self.implementation == "cudnn" and mask is None else None,
       )  # [B, T, N, H]
     return dense(d_model, (HEADS, KV, EMBED), axis=(-2, -1), name="out", **kw)(out)  # [B, T, D]
 

@@ -122,6 +122,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if longest > config.model.max_len:
       raise ValueError(f"model.posemb='learned' has a table of model.max_len="
                        f"{config.model.max_len} positions but data lengths go to {longest}.")
+  if config.model.attention_impl in ("cudnn", "xla_lengths") and config.data.pack:
+    raise ValueError(f"model.attention_impl={config.model.attention_impl!r} describes rows by "
+                     "their lengths, which packed rows do not have: set data.pack=False (or "
+                     "use the default XLA attention).")
   if config.batch_size % config.grad_accum_steps:
     raise ValueError(f"batch_size={config.batch_size} is not divisible by "
                      f"grad_accum_steps={config.grad_accum_steps}.")

@@ -56,6 +56,23 @@ def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttentio
       param_dtype=cfg.params_dtype, name=name)
 
 
+LENGTH_IMPLS = ("xla_lengths", "cudnn")  # Attention kernels given lengths, not dense masks.
+
+
+def _mask_kwargs(mask: Array | dict[str, Array], causal: bool = False) -> dict[str, Any]:
+  """Attention keyword arguments of a dense mask, or of {"q": [B], "kv": [B]} row lengths."""
+  if isinstance(mask, dict):
+    return dict(mask=None, is_causal=causal, q_lengths=mask["q"], kv_lengths=mask["kv"])
+  return dict(mask=mask)
+
+
+def _lengths(segments: Array | None, tokens: Array) -> Array:
+  """[B] real tokens per unpacked row (all of them without segment ids)."""
+  if segments is None:
+    return jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32)
+  return jnp.sum(segments > 0, axis=-1).astype(jnp.int32)
+
+
 def _feed_forward(cfg: ModelConfig, x: Array, deterministic: bool) -> Array:
   return layers.FeedForward(
       cfg.d_ff, cfg.activation, cfg.ffn_dropout, cfg.compute_dtype, cfg.params_dtype,
@@ -73,8 +90,9 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: Array, mask: Array, bias: Array | None, positions: Array):
     cfg, det = self.cfg, self.deterministic
     attn = _attention(cfg, "self_attention", self.rotate_fn)
-    x = _residual(cfg, x, lambda y: attn(y, y, mask=mask, bias=bias, positions=positions,
-                                         deterministic=det), _norm(cfg, "norm_attention"), det)
+    x = _residual(cfg, x, lambda y: attn(y, y, bias=bias, positions=positions,
+                                         deterministic=det, **_mask_kwargs(mask)),
+                  _norm(cfg, "norm_attention"), det)
     x = _residual(cfg, x, lambda y: _feed_forward(cfg, y, det), _norm(cfg, "norm_ffn"), det)
     return x, None  # [B, S, D]
 
@@ -92,12 +110,14 @@ class DecoderLayer(nn.Module):
                bias: Array | None, positions: Array, decode_index: Array | None):
     cfg, det = self.cfg, self.deterministic
     attn = _attention(cfg, "self_attention", self.rotate_fn)
-    x = _residual(cfg, x, lambda y: attn(y, y, mask=self_mask, bias=bias, positions=positions,
-                                         deterministic=det, decode_index=decode_index),
+    x = _residual(cfg, x, lambda y: attn(y, y, bias=bias, positions=positions,
+                                         deterministic=det, decode_index=decode_index,
+                                         **_mask_kwargs(self_mask, causal=True)),
                   _norm(cfg, "norm_attention"), det)
     if self.has_cross:
       cross = _attention(cfg, "cross_attention")
-      x = _residual(cfg, x, lambda y: cross(y, encoded, mask=cross_mask, deterministic=det),
+      x = _residual(cfg, x, lambda y: cross(y, encoded, deterministic=det,
+                                            **_mask_kwargs(cross_mask)),
                     _norm(cfg, "norm_cross"), det)
     x = _residual(cfg, x, lambda y: _feed_forward(cfg, y, det), _norm(cfg, "norm_ffn"), det)
     return x, None  # [B, T, D]
@@ -154,7 +174,10 @@ class Encoder(nn.Module):
     cfg = self.cfg
     pe = _posemb(cfg, bidirectional=True)
     x = _embed_tokens(cfg, self.embed, pe, tokens, positions, deterministic)  # [B, S, D]
-    mask = masks.attention_mask(segments, segments)  # [B, 1, S, S]
+    if cfg.attention_impl in LENGTH_IMPLS:  # Unpacked rows: real tokens first.
+      mask = {"q": _lengths(segments, tokens), "kv": _lengths(segments, tokens)}
+    else:
+      mask = masks.attention_mask(segments, segments)  # [B, 1, S, S]
     bias = pe.bias(positions, positions) if positional.BIAS in pe.HOOKS else None
     rotate = pe.rotate_fn() if positional.ROTATE in pe.HOOKS else None
     stack = _stack(EncoderLayer, cfg, cfg.num_encoder_layers, num_args=3)
@@ -202,7 +225,12 @@ class Decoder(nn.Module):
         self_mask = masks.attention_mask(segments, segments, causal=True)  # [B, 1, T, T]
 
     cross_mask = None
-    if self.has_cross:
+    if cfg.attention_impl in LENGTH_IMPLS and not decode:  # Unpacked rows, fused kernels.
+      tgt_lengths = _lengths(segments, tokens)
+      self_mask = {"q": tgt_lengths, "kv": tgt_lengths}
+      if self.has_cross:
+        cross_mask = {"q": tgt_lengths, "kv": jnp.sum(enc_segments > 0, -1).astype(jnp.int32)}
+    elif self.has_cross:
       if segments is not None and not decode:  # Packed: queries see their own source segment.
         cross_mask = masks.attention_mask(segments, enc_segments)  # [B, 1, T, S]
       else:

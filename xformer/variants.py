@@ -15,6 +15,7 @@ from xformer import layers, positional
 
 NORMS = ("post", "pre")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = (None, "xla", "xla_lengths", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,9 @@ class ModelConfig:
     tie_output: output projection = target embedding transposed (the paper).
     dtype: compute dtype name; param_dtype: parameter dtype name.
     remat: per-layer rematerialisation policy, one of REMAT_POLICIES.
-    attention_impl: `jax.nn.dot_product_attention` implementation (None = XLA, "cudnn").
+    attention_impl: None / "xla": XLA attention with dense masks (packing works); "cudnn":
+      cuDNN's fused kernel (GPU, bf16/fp16), masks given as causal flag + sequence lengths, so
+      rows must be unpacked; "xla_lengths": XLA with those same arguments (CPU tests, debugging).
     layer_norm_eps: LayerNorm epsilon.
   """
 
@@ -71,7 +74,7 @@ class ModelConfig:
     _check_choice("activation", self.activation, sorted(layers.ACTIVATIONS))
     _check_choice("norm", self.norm, NORMS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
-    _check_choice("attention_impl", self.attention_impl, (None, "xla", "cudnn"))
+    _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     for name in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, name))

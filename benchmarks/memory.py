@@ -1,0 +1,86 @@
+"""Compiled temporary memory of a train step with and without rematerialisation.
+
+  python benchmarks/memory.py                        # 6+6 layers d512 (base), B8, S=T=512
+  python benchmarks/memory.py --task=lm --layers=12 --seq=1024 --batch=4
+
+XLA's `compiled.memory_analysis()` reports the temporary buffers (activations kept for the
+backward pass, workspace) apart from arguments and outputs; remat trades them for recompute.
+Also reports compile time of each variant, and of the `default` config's train step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import common  # noqa: E402
+from xformer import model as model_lib  # noqa: E402
+from xformer import steps, variants  # noqa: E402
+
+
+def compiled_step(cfg, task: str, batch: int, seq: int):
+  model = model_lib.make_model(cfg, task)
+  tx = optax.adam(1e-3)
+  params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
+  state = steps.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params,
+                           jax.eval_shape(tx.init, params))
+  tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+  names = ["targets", "targets_in", "targets_positions", "targets_segment_ids"]
+  if task == "translation":
+    names += ["inputs", "inputs_positions", "inputs_segment_ids"]
+  fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
+                                 schedule=lambda s: 1e-3, label_smoothing=0.1),
+               donate_argnums=(0,))
+  start = time.perf_counter()
+  compiled = fn.lower(state, {n: tokens for n in names}, jax.random.key(0)).compile()
+  return compiled, time.perf_counter() - start
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--task", default="translation", choices=["translation", "lm"])
+  p.add_argument("--layers", type=int, default=6)
+  p.add_argument("--d_model", type=int, default=512)
+  p.add_argument("--d_ff", type=int, default=2048)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--vocab", type=int, default=8000)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=512)
+  p.add_argument("--policies", default="none,dots_no_batch,dots,full")
+  p.add_argument("--json", default="")
+  args = p.parse_args(argv)
+  rows = []
+  for policy in args.policies.split(","):
+    cfg = variants.variant("base", vocab_size=args.vocab, d_model=args.d_model,
+                           num_heads=args.heads, d_ff=args.d_ff, num_encoder_layers=args.layers,
+                           num_decoder_layers=args.layers, max_len=args.seq, remat=policy)
+    compiled, compile_s = compiled_step(cfg, args.task, args.batch, args.seq)
+    mem = compiled.memory_analysis()
+    rows.append({"remat": policy, "temp_MiB": mem.temp_size_in_bytes / 2**20,
+                 "args_MiB": mem.argument_size_in_bytes / 2**20,
+                 "out_MiB": mem.output_size_in_bytes / 2**20, "compile_s": compile_s})
+    print(rows[-1], flush=True)
+  base = rows[0]["temp_MiB"]
+  for r in rows:
+    r["temp_vs_none"] = r["temp_MiB"] / base
+  common.print_table(rows, ["remat", "temp_MiB", "temp_vs_none", "args_MiB", "out_MiB",
+                            "compile_s"],
+                     f"Train-step memory, {args.task} {args.layers}+{args.layers if args.task == 'translation' else 0} "
+                     f"layers d{args.d_model} ff{args.d_ff}, B{args.batch} x {args.seq}")
+  common.write_json(args.json, rows, args=vars(args))
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,120 @@
+"""Training throughput: tokens/s (real and padded), step and compile time, MFU.
+
+  python benchmarks/train_throughput.py                                  # default + lm_default
+  python benchmarks/train_throughput.py --configs=configs/lm_default.py --encodings=rope,alibi \
+      --set=model.dtype=bfloat16 --peak_tflops=989
+
+Each (config, encoding) pair builds the real run (`xformer.run.Run`: data pipeline, sharded
+jitted train step) and times `--steps` steps on real batches after a compile step. Real tokens
+are target tokens (plus source tokens for translation) that are not padding; slots count
+padding too. MFU = model FLOPs per step (benchmarks/flops.py, computed on slots) / step time /
+peak FLOP/s. Peak: --peak_tflops, else a known figure for the device, else measured here as the
+best of a few large float32 matmuls ("achievable" peak, so CPU MFU is relative to that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "experiments"))
+
+import common  # noqa: E402
+import flops as flops_lib  # noqa: E402
+from pe_sweep import load_config  # noqa: E402
+from xformer import positional  # noqa: E402
+from xformer import run as run_lib  # noqa: E402
+
+# Dense peak TFLOP/s per chip by device_kind substring (bf16; fp32 in brackets where used).
+PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+         "TPU v5p": 459.0, "TPU v6": 918.0}
+
+
+def measured_peak_tflops(dtype=jnp.float32, n: int = 2048) -> float:
+  x = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a: a @ a)
+  common.block(f(x))
+  best = common.time_call(lambda: f(x), repeats=5)["min_s"]
+  return 2 * n**3 / best / 1e12 * len(jax.devices())
+
+
+def peak_tflops(args) -> tuple[float, str]:
+  if args.peak_tflops > 0:
+    return args.peak_tflops, "given"
+  kind = jax.devices()[0].device_kind
+  for key, value in PEAKS.items():
+    if key in kind:
+      return value * len(jax.devices()), f"{kind} spec"
+  return measured_peak_tflops(), "measured f32 matmul"
+
+
+def bench_one(config_path: str, encoding: str, args, peak: float) -> dict:
+  config = load_config(config_path, f"posemb={encoding}", args.set)
+  if positional.get(encoding).LIMITED_TO_MAX_LEN:
+    config.model.max_len = max(config.model.max_len, config.data.max_source_len,
+                               config.data.max_target_len)
+  run = run_lib.Run(config, None)
+  it, _ = run.train_iterator()
+  batches = [next(it) for _ in range(args.steps + 1)]
+  state = run.init_state(jax.random.key(0))
+  rng = jax.random.key(1)
+  device_batches = [run.put_batch(b, local=True) for b in batches]
+  start = time.perf_counter()
+  state, metrics = run.p_train_step(state, device_batches[0], rng)
+  common.block(metrics)
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for batch in device_batches[1:]:
+    state, metrics = run.p_train_step(state, batch, rng)
+  common.block((state, metrics))
+  step_s = (time.perf_counter() - start) / args.steps
+  b0 = batches[0]
+  rows, tgt_len = b0["targets"].shape
+  src_len = b0["inputs"].shape[1] if "inputs" in b0 else 0
+  real = np.mean([(b["targets_segment_ids"] > 0).sum() + (b["inputs_segment_ids"] > 0).sum()
+                  if "inputs" in b else (b["targets_segment_ids"] > 0).sum()
+                  for b in batches[1:]])
+  slots = rows * (tgt_len + src_len)
+  model_flops = flops_lib.train_step_flops(run.model_config, config.task, rows, src_len, tgt_len)
+  return {"config": os.path.basename(config_path), "posemb": encoding, "batch": rows,
+          "S": src_len, "T": tgt_len, "compile_s": compile_s, "step_ms": 1e3 * step_s,
+          "real_tok_s": real / step_s, "slot_tok_s": slots / step_s,
+          "real_frac": real / slots, "tflops": model_flops / step_s / 1e12,
+          "mfu": model_flops / step_s / (peak * 1e12)}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--configs", default="configs/default.py,configs/lm_default.py")
+  p.add_argument("--encodings", default=",".join(positional.names()))
+  p.add_argument("--steps", type=int, default=10, help="Timed steps after the compile step.")
+  p.add_argument("--set", action="append", default=[], help="Config override key=value.")
+  p.add_argument("--peak_tflops", type=float, default=0.0, help="Peak of all devices (0: auto).")
+  p.add_argument("--json", default="")
+  args = p.parse_args(argv)
+  peak, source = peak_tflops(args)
+  print(f"Peak {peak:.3g} TFLOP/s ({source}) on {common.device_description()}", flush=True)
+  rows = []
+  for config_path in args.configs.split(","):
+    for enc in args.encodings.split(","):
+      row = bench_one(config_path, enc, args, peak)
+      rows.append(row)
+      print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+  common.print_table(rows, ["config", "posemb", "batch", "S", "T", "compile_s", "step_ms",
+                            "real_tok_s", "slot_tok_s", "real_frac", "tflops", "mfu"],
+                     f"Train step throughput (peak {peak:.3g} TFLOP/s, {source})")
+  common.write_json(args.json, rows, peak_tflops=peak, peak_source=source, args=vars(args))
+  return rows
+
+
+if __name__ == "__main__":
+  main()
