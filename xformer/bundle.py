@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from xformer import config_lib, decode, positional
 from xformer import model as model_lib
@@ -43,17 +44,20 @@ class Scored:
 
 
 def _resolve(path: str, step: int | None) -> tuple[str, str, int | None]:
-  """(run dir, checkpoints dir, step) for a run dir, its checkpoints dir or one step dir."""
-  path = os.path.abspath(os.path.expanduser(path))
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit() and os.path.isdir(path):  # .../checkpoints/450
-    if step is not None and step != int(base):
-      raise ValueError(f"{path} is checkpoint {base}, but step={step} was asked for.")
-    return os.path.dirname(os.path.dirname(path)), os.path.dirname(path), int(base)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return path, os.path.join(path, "checkpoints"), step
-  if base == "checkpoints" and os.path.isdir(path):
-    return os.path.dirname(path), path, step
+  """(run dir, checkpoints dir, step) for a run dir, its checkpoints dir or one step dir
+  (local or gs://)."""
+  if "://" not in path:
+    path = os.path.abspath(os.path.expanduser(path))
+  path = path.rstrip("/")
+  p = epath.Path(path)
+  if p.name.isdigit() and p.is_dir():  # .../checkpoints/450
+    if step is not None and step != int(p.name):
+      raise ValueError(f"{path} is checkpoint {p.name}, but step={step} was asked for.")
+    return str(p.parent.parent), str(p.parent), int(p.name)
+  if (p / "checkpoints").is_dir():
+    return path, str(p / "checkpoints"), step
+  if p.name == "checkpoints" and p.is_dir():
+    return str(p.parent), path, step
   raise FileNotFoundError(f"{path} is neither a run directory (with checkpoints/) nor a "
                           "checkpoint step directory.")
 
@@ -274,7 +278,7 @@ def load(path: str, step: int | None = None, average_last: int = 1) -> Bundle:
     raise FileNotFoundError(f"No checkpoint {step} in {ckpt_dir}; it has steps {steps}.")
   config = ml_collections.ConfigDict(ckpt.restore_config(step))
   tok_path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.exists(tok_path):
+  if not epath.Path(tok_path).exists():
     raise FileNotFoundError(f"{tok_path} is missing: the run's tokenizer is needed to read and "
                             "write text.")
   tokenizer = Tokenizer.load(tok_path)

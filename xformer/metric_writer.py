@@ -3,34 +3,52 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import time
 from typing import Any
 
 import jax
+from etils import epath
 
 
 class MetricWriter:
   """Appends {"step": s, name: value, ...} lines to <workdir>/metrics.jsonl and writes the same
-  scalars as TensorBoard events (<workdir>/tensorboard). Only process 0 writes."""
+  scalars as TensorBoard events (<workdir>/tensorboard). Only process 0 writes.
+
+  A remote workdir (gs://...) has no append: the file is rewritten whole at each write (it
+  stays small: one line per logged step).
+  """
 
   def __init__(self, workdir: str):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.remote = "://" in str(workdir)
+    self.lines = self.path.read_text().splitlines(keepends=True) if (
+        self.active and self.remote and self.path.exists()) else []
     self.tb = None
     if self.active:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      try:
+        self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+      except Exception as e:  # pylint: disable=broad-except  (a remote filesystem it lacks)
+        logging.warning("No TensorBoard events in %s (%s); metrics.jsonl has everything.",
+                        workdir, e)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.active:
       return
     scalars = {k: float(v) for k, v in metrics.items()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **scalars}) + "\n")
-    for k, v in scalars.items():
-      self.tb.add_scalar(k, v, int(step))
-    self.tb.flush()
+    line = json.dumps({"step": int(step), **scalars}) + "\n"
+    if self.remote:
+      self.lines.append(line)
+      self.path.write_text("".join(self.lines))
+    else:
+      with self.path.open("a") as f:
+        f.write(line)
+    if self.tb is not None:
+      for k, v in scalars.items():
+        self.tb.add_scalar(k, v, int(step))
+      self.tb.flush()
 
   def close(self) -> None:
     if self.tb is not None:
@@ -39,11 +57,10 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
   """The metrics.jsonl lines of a run (for notebooks, sweeps and tests)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class Progress:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 import numpy as np
 
 from xformer import config_lib, evaluate, metric_writer, preemption, sharding
@@ -85,11 +86,10 @@ def _restore_or_init(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> TrainS
 def _check_writable(workdir: str) -> None:
   """Fails at start, not at the first save an hour later, when the workdir cannot be written."""
   try:
-    os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    (epath.Path(workdir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+    probe = epath.Path(workdir) / f".write_probe.{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
   except OSError as e:
     raise OSError(f"The workdir {workdir} cannot be written ({e}); nothing was trained. Pick a "
                   "writable --workdir (with free space).") from e
@@ -131,7 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
   start_time = time.time()
   config_lib.validate(config)  # Config errors first: before the workdir is touched.
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if "://" not in workdir:  # gs://bucket/... stays as it is.
+    workdir = os.path.abspath(os.path.expanduser(workdir))
   _check_writable(workdir)
   sharding.maybe_initialize_distributed()  # Before anything (orbax too) starts the backend.
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,

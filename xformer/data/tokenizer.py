@@ -22,6 +22,7 @@ import time
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
+from etils import epath
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe")
@@ -85,11 +86,13 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
-    with open(path, "rb") as f:
-      return cls(f.read())
+    return cls(epath.Path(path).read_bytes())
 
 
 def _atomic_write(path: str, data: bytes) -> None:
+  if "://" in path:  # Object stores (gs://) write whole objects atomically.
+    epath.Path(path).write_bytes(data)
+    return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "wb") as f:
@@ -133,9 +136,8 @@ def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_
   meta = {"key": key, "fingerprint": fingerprint, **dataclasses.asdict(settings)}
   if workdir:
     path = os.path.join(workdir, "tokenizer.model")
-    if os.path.exists(path):
-      with open(os.path.join(workdir, "tokenizer.json")) as f:
-        stored = json.load(f)
+    if epath.Path(path).exists():
+      stored = json.loads((epath.Path(workdir) / "tokenizer.json").read_text())
       if stored["key"] != key:
         raise ValueError(f"{workdir} holds a tokenizer trained with {stored}, but the config asks "
                          f"for {meta}. Use a new workdir, or the settings of the old one.")
