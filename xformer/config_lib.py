@@ -118,7 +118,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("tokenizer.model_type", config.tokenizer.model_type, tokenizer.MODEL_TYPES)
   model_config(config, vocab_size=8)  # Validates posemb, its kwargs, norms, dtypes...
   if config.model.posemb == "learned":
-    longest = max(config.data.max_source_len, config.data.max_target_len)
+    longest = config.data.max_target_len if config.task == "lm" else max(
+        config.data.max_source_len, config.data.max_target_len)
     if longest > config.model.max_len:
       raise ValueError(f"model.posemb='learned' has a table of model.max_len="
                        f"{config.model.max_len} positions but data lengths go to {longest}.")
