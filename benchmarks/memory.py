@@ -5,7 +5,7 @@
 
 XLA's `compiled.memory_analysis()` reports the temporary buffers (activations kept for the
 backward pass, workspace) apart from arguments and outputs; remat trades them for recompute.
-Also reports compile time of each variant, and of the `default` config's train step.
+Also: the chunked loss (`config.loss_chunk`: no [B, T, V] logits kept), and compile times.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from xformer import model as model_lib  # noqa: E402
 from xformer import steps, variants  # noqa: E402
 
 
-def compiled_step(cfg, task: str, batch: int, seq: int):
+def compiled_step(cfg, task: str, batch: int, seq: int, loss_chunk: int = 0):
   model = model_lib.make_model(cfg, task)
   tx = optax.adam(1e-3)
   params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
@@ -40,7 +40,8 @@ def compiled_step(cfg, task: str, batch: int, seq: int):
   if task == "translation":
     names += ["inputs", "inputs_positions", "inputs_segment_ids"]
   fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                 schedule=lambda s: 1e-3, label_smoothing=0.1),
+                                 schedule=lambda s: 1e-3, label_smoothing=0.1,
+                                 loss_chunk=loss_chunk),
                donate_argnums=(0,))
   start = time.perf_counter()
   compiled = fn.lower(state, {n: tokens for n in names}, jax.random.key(0)).compile()
@@ -58,23 +59,28 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=512)
   p.add_argument("--policies", default="none,dots_no_batch,dots,full")
+  p.add_argument("--loss_chunk", type=int, default=128,
+                 help="Also measure remat=none with the chunked loss (0: skip).")
   p.add_argument("--json", default="")
   args = p.parse_args(argv)
   rows = []
-  for policy in args.policies.split(","):
+  runs = [(policy, 0) for policy in args.policies.split(",")]
+  if args.loss_chunk:
+    runs.append(("none", args.loss_chunk))
+  for policy, chunk in runs:
     cfg = variants.variant("base", vocab_size=args.vocab, d_model=args.d_model,
                            num_heads=args.heads, d_ff=args.d_ff, num_encoder_layers=args.layers,
                            num_decoder_layers=args.layers, max_len=args.seq, remat=policy)
-    compiled, compile_s = compiled_step(cfg, args.task, args.batch, args.seq)
+    compiled, compile_s = compiled_step(cfg, args.task, args.batch, args.seq, chunk)
     mem = compiled.memory_analysis()
-    rows.append({"remat": policy, "temp_MiB": mem.temp_size_in_bytes / 2**20,
+    rows.append({"remat": policy, "loss_chunk": chunk, "temp_MiB": mem.temp_size_in_bytes / 2**20,
                  "args_MiB": mem.argument_size_in_bytes / 2**20,
                  "out_MiB": mem.output_size_in_bytes / 2**20, "compile_s": compile_s})
     print(rows[-1], flush=True)
   base = rows[0]["temp_MiB"]
   for r in rows:
     r["temp_vs_none"] = r["temp_MiB"] / base
-  common.print_table(rows, ["remat", "temp_MiB", "temp_vs_none", "args_MiB", "out_MiB",
+  common.print_table(rows, ["remat", "loss_chunk", "temp_MiB", "temp_vs_none", "args_MiB", "out_MiB",
                             "compile_s"],
                      f"Train-step memory, {args.task} {args.layers}+{args.layers if args.task == 'translation' else 0} "
                      f"layers d{args.d_model} ff{args.d_ff}, B{args.batch} x {args.seq}")

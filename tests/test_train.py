@@ -223,3 +223,16 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(small_files
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out
   assert f"Resumed from step {step}" in out
+
+
+def test_chunked_loss_equals_the_full_loss_and_gradients(small_files):
+  """loss_chunk: per-chunk logits under jax.checkpoint give the same loss and update."""
+  full = run_lib.Run(small_config(small_files, **{"model.dropout": 0.0}), None)
+  chunked = run_lib.Run(small_config(small_files, loss_chunk=8, **{"model.dropout": 0.0}), None)
+  batch = full.put_batch(next(full.train_iterator()[0]), local=True)
+  sa, a = full.p_train_step(full.init_state(jax.random.key(0)), batch, jax.random.key(1))
+  sb, b = chunked.p_train_step(chunked.init_state(jax.random.key(0)), batch, jax.random.key(1))
+  for k in ("train/loss", "train/nll", "train/accuracy", "train/tokens", "train/grad_norm"):
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               jax.device_get(sa.params), jax.device_get(sb.params))

@@ -71,6 +71,9 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1
   c.num_train_steps = 1000
   c.label_smoothing = 0.1
+  # >0: the training loss projects to the vocabulary this many target positions at a time and
+  # never holds the whole [B, T, V] logits (large vocabularies); must divide max_target_len.
+  c.loss_chunk = 0
   c.optimizer = ml_collections.ConfigDict(dict(
       schedule="rsqrt", warmup_steps=4000, lr_scale=1.0, peak_lr=1e-3, b1=0.9, b2=0.98, eps=1e-9,
       weight_decay=0.0, clip_grad_norm=0.0))
@@ -127,6 +130,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.attention_impl={config.model.attention_impl!r} describes rows by "
                      "their lengths, which packed rows do not have: set data.pack=False (or "
                      "use the default XLA attention).")
+  if config.loss_chunk < 0 or (config.loss_chunk and config.data.max_target_len %
+                                config.loss_chunk):
+    raise ValueError(f"loss_chunk={config.loss_chunk} must be 0 or divide "
+                     f"data.max_target_len={config.data.max_target_len}.")
   if config.batch_size % config.grad_accum_steps:
     raise ValueError(f"batch_size={config.batch_size} is not divisible by "
                      f"grad_accum_steps={config.grad_accum_steps}.")

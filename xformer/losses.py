@@ -44,3 +44,30 @@ def cross_entropy(logits: Array, targets: Array, weights: Array,
       "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * weights),
       "weight": jnp.sum(weights),
   }
+
+
+def chunked_cross_entropy(hidden: Array, project, targets: Array, weights: Array,
+                          label_smoothing: float, chunk: int) -> dict[str, Array]:
+  """`cross_entropy(project(hidden), ...)` without the [B, T, V] logits: the sequence is cut into
+  chunks of `chunk` positions, each projected, scored and summed under `jax.checkpoint`, so the
+  backward pass recomputes one chunk's logits at a time instead of keeping all of them.
+
+  Args:
+    hidden: [B, T, D] final decoder states; T must be a multiple of chunk.
+    project: hidden [B, c, D] -> logits [B, c, V] float32 (model.output_projection).
+  """
+  b, t, d = hidden.shape
+  if t % chunk:
+    raise ValueError(f"loss_chunk={chunk} must divide the target length {t}.")
+  n = t // chunk
+  split = lambda x: x.reshape(b, n, chunk, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731
+
+  @jax.checkpoint
+  def one(carry, xs):
+    h, tg, w = xs  # [B, c, D], [B, c], [B, c]
+    sums = cross_entropy(project(h), tg, w, label_smoothing)
+    return jax.tree.map(jnp.add, carry, sums), None
+
+  zeros = {k: jnp.zeros((), jnp.float32) for k in ("loss", "nll", "correct", "weight")}
+  sums, _ = jax.lax.scan(one, zeros, (split(hidden), split(targets), split(weights)))
+  return sums

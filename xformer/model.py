@@ -200,7 +200,7 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, encoded: Array | None, enc_segments: Array | None,
                positions: Array | None, segments: Array | None, deterministic: bool,
-               decode: bool) -> Array:
+               decode: bool, return_hidden: bool = False) -> Array:
     cfg = self.cfg
     batch, length = tokens.shape
     decode_index = None
@@ -245,6 +245,8 @@ class Decoder(nn.Module):
         x, encoded, self_mask, cross_mask, bias, positions, decode_index)
     if cfg.norm == "pre":
       x = _norm(cfg, "final_norm")(x)
+    if return_hidden:  # [B, T, D], for a loss that projects chunk by chunk (output_projection).
+      return x
     if cfg.tie_output:
       logits = self.embed.attend(x)  # [B, T, V]
     else:
@@ -280,21 +282,22 @@ class Transformer(nn.Module):
 
   def decode(self, encoded: Array, src_segments: Array, tgt_in: Array,
              tgt_positions: Array | None = None, tgt_segments: Array | None = None,
-             deterministic: bool = True, decode: bool = False) -> Array:
+             deterministic: bool = True, decode: bool = False,
+             return_hidden: bool = False) -> Array:
     """Encoder output [B, S, D], source segment ids [B, S] and decoder input [B, T] -> logits
     [B, T, V] float32. With decode=True, `tgt_in` continues the cached prefix."""
     return self.decoder(tgt_in, encoded, src_segments, tgt_positions, tgt_segments,
-                        deterministic, decode)
+                        deterministic, decode, return_hidden)
 
   def __call__(self, src: Array, tgt_in: Array, src_positions: Array | None = None,
                tgt_positions: Array | None = None, src_segments: Array | None = None,
                tgt_segments: Array | None = None, deterministic: bool = True,
-               decode: bool = False) -> Array:
+               decode: bool = False, return_hidden: bool = False) -> Array:
     """Teacher-forced logits [B, T, V] for source [B, S] and decoder input [B, T]."""
     src_segments = masks.segments_from_tokens(src) if src_segments is None else src_segments
     encoded = self.encode(src, src_positions, src_segments, deterministic)
     return self.decode(encoded, src_segments, tgt_in, tgt_positions, tgt_segments,
-                       deterministic, decode)
+                       deterministic, decode, return_hidden)
 
 
 class DecoderOnlyLM(nn.Module):
@@ -307,9 +310,25 @@ class DecoderOnlyLM(nn.Module):
     self.decoder = Decoder(self.cfg, self.embed, has_cross=False)
 
   def __call__(self, tokens: Array, positions: Array | None = None, segments: Array | None = None,
-               deterministic: bool = True, decode: bool = False) -> Array:
-    """Next-token logits [B, T, V] float32 for tokens [B, T]."""
-    return self.decoder(tokens, None, None, positions, segments, deterministic, decode)
+               deterministic: bool = True, decode: bool = False,
+               return_hidden: bool = False) -> Array:
+    """Next-token logits [B, T, V] float32 for tokens [B, T] (or the final hidden states)."""
+    return self.decoder(tokens, None, None, positions, segments, deterministic, decode,
+                        return_hidden)
+
+
+def output_projection(cfg: ModelConfig, params: Any) -> Callable[[Array], Array]:
+  """The decoder's last step as a function of params: hidden [B, T, D] -> logits [B, T, V]
+  float32 (tied: the embedding table; else decoder/logits), for chunked losses."""
+  if cfg.tie_output:
+    table = params["embed"]["embedding"]  # [V, D]
+    return lambda h: jnp.einsum("BTD,VD->BTV", h.astype(cfg.compute_dtype),
+                                table.astype(cfg.compute_dtype),
+                                preferred_element_type=jnp.float32)
+  kernel, bias = params["decoder"]["logits"]["kernel"], params["decoder"]["logits"]["bias"]
+  return lambda h: (jnp.einsum("BTD,DV->BTV", h.astype(cfg.compute_dtype),
+                               kernel.astype(cfg.compute_dtype),
+                               preferred_element_type=jnp.float32) + bias.astype(jnp.float32))
 
 
 def init_cache(model: Transformer | DecoderOnlyLM, batch_size: int, max_len: int) -> Any:

@@ -70,7 +70,8 @@ class Run:
                           schedule=self.schedule, label_smoothing=config.label_smoothing,
                           grad_accum_steps=config.grad_accum_steps,
                           skip_nonfinite=config.nan_policy == "skip",
-                          faults=train_lib.Faults(**config.faults.to_dict())),
+                          faults=train_lib.Faults(**config.faults.to_dict()),
+                          loss_chunk=config.loss_chunk),
         in_shardings=(self.state_shardings, batch_sh, replicated),
         out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
     self.p_eval_step = jax.jit(

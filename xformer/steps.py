@@ -63,10 +63,16 @@ class Faults:
     return jnp.where(nan & (self.nan_at_step >= 0), jnp.nan, scale)
 
 
-def _sums(params, model, batch, rng, label_smoothing, deterministic, scale=None):
-  logits = apply_model(model, params, batch, deterministic, rng)
+def _sums(params, model, batch, rng, label_smoothing, deterministic, scale=None, loss_chunk=0):
   weights = batch["targets_segment_ids"] > 0
-  sums = losses.cross_entropy(logits, batch["targets"], weights, label_smoothing)
+  if loss_chunk:
+    hidden = apply_model(model, params, batch, deterministic, rng, return_hidden=True)
+    sums = losses.chunked_cross_entropy(
+        hidden, model_lib.output_projection(model.cfg, params), batch["targets"], weights,
+        label_smoothing, loss_chunk)
+  else:
+    logits = apply_model(model, params, batch, deterministic, rng)
+    sums = losses.cross_entropy(logits, batch["targets"], weights, label_smoothing)
   if scale is not None:
     sums = {**sums, "loss": sums["loss"] * scale, "nll": sums["nll"] * scale}
   return sums["loss"], sums
@@ -75,12 +81,15 @@ def _sums(params, model, batch, rng, label_smoothing, deterministic, scale=None)
 def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *, model,
                tx: optax.GradientTransformation, schedule: Callable, label_smoothing: float,
                grad_accum_steps: int = 1,
-               skip_nonfinite: bool = False,
-               faults: Faults | None = None) -> tuple[TrainState, dict[str, Array]]:
+               skip_nonfinite: bool = False, faults: Faults | None = None,
+               loss_chunk: int = 0) -> tuple[TrainState, dict[str, Array]]:
   """One optimizer step on `batch` (split into `grad_accum_steps` micro-batches).
 
   The loss is the label-smoothed cross-entropy summed over all real target tokens of the whole
   batch, divided by their number: accumulation gives exactly the full-batch gradient.
+
+  loss_chunk > 0 computes the loss `loss_chunk` target positions at a time without keeping the
+  whole [B, T, V] logits (large vocabularies; see losses.chunked_cross_entropy).
 
   With skip_nonfinite, a step whose loss or gradient is not finite leaves params and optimizer
   state unchanged and reports train/skipped = 1.
@@ -91,7 +100,7 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *, model,
 
   def micro(i, mb):
     (_, sums), grads = grad_fn(state.params, model, mb, jax.random.fold_in(rng, i),
-                               label_smoothing, False, scale)
+                               label_smoothing, False, scale, loss_chunk)
     return grads, sums
 
   if grad_accum_steps == 1:
