@@ -30,6 +30,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import matplotlib  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -157,6 +158,7 @@ def _plots(args, rows: list[dict]) -> None:
     ax.set(xscale="log", yscale="log", xlabel="evaluation length / training length",
            ylabel="perplexity", title="Length generalisation (learned: table ends at 1x)")
     ax.set_xticks(factors, [f"{k}x" for k in factors])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   else:
     names = [r["encoding"] for r in rows]
     for i, split in enumerate(("test", "test_long")):
@@ -166,6 +168,15 @@ def _plots(args, rows: list[dict]) -> None:
     ax.set(ylabel="greedy BLEU", title="Length generalisation: test vs test_long")
   ax.legend()
   fig.savefig(os.path.join(args.out, "length_generalization.png"), dpi=110, bbox_inches="tight")
+
+
+def _previous_times(out: str) -> dict[str, float]:
+  """Training wall times recorded by an earlier sweep into the same directory, if any."""
+  path = os.path.join(out, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {r["encoding"]: r["wall_s"] for r in json.load(f)["rows"] if r.get("wall_s")}
 
 
 def parse_args(argv=None):
@@ -189,7 +200,7 @@ def main(argv=None):
   for enc in encodings:
     positional.get(enc)  # Unknown names fail now, listing the valid ones.
   start = time.time()
-  times = {} if args.collect_only else train_all(args, encodings)
+  times = _previous_times(args.out) if args.collect_only else train_all(args, encodings)
   rows = collect(args, encodings, times)
   write_results(args, rows)
   with open(os.path.join(args.out, "results.json"), "w") as f:
