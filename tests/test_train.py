@@ -170,6 +170,15 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _two_processes(config, workdir):
+  """`xformer.main` as two jax.distributed processes of 4 CPU devices each."""
+  port = _free_port()
+  return [_main(config, workdir, env={
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) for i in range(2)]
+
+
 @pytest.mark.slow
 def test_two_processes_agree_with_one(small_files, tmp_path):
   overrides = {"data.num_shards": 2, "num_train_steps": 4, "test_bleu_examples": 16}
@@ -177,11 +186,7 @@ def test_two_processes_agree_with_one(small_files, tmp_path):
   train.train_and_evaluate(small_config(small_files, **overrides), single)
   config = _write_config(tmp_path / "cfg.py", small_files, **overrides)
   workdir = str(tmp_path / "multi")
-  port = _free_port()
-  procs = [_main(config, workdir, env={
-      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-      "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) for i in range(2)]
+  procs = _two_processes(config, workdir)
   outs = [p.communicate(timeout=400)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out
@@ -198,11 +203,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(small_files
   config = _write_config(tmp_path / "cfg.py", small_files, num_train_steps=100_000,
                          checkpoint_every_steps=100_000, **{"data.num_shards": 2})
   workdir = str(tmp_path / "multi")
-  port = _free_port()
-  procs = [_main(config, workdir, env={
-      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-      "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) for i in range(2)]
+  procs = _two_processes(config, workdir)
   lines = []
   for line in procs[0].stdout:  # Process 0 prints progress.
     lines.append(line)

@@ -87,7 +87,8 @@ def _check_writable(workdir: str) -> None:
   """Fails at start, not at the first save an hour later, when the workdir cannot be written."""
   try:
     (epath.Path(workdir) / "checkpoints").mkdir(parents=True, exist_ok=True)
-    probe = epath.Path(workdir) / f".write_probe.{jax.process_index()}"
+    # The pid, not jax.process_index(): jax.distributed is not initialised yet.
+    probe = epath.Path(workdir) / f".write_probe.{os.getpid()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
