@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
 
 def block(tree: Any) -> Any:
@@ -30,6 +31,15 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[
     block(fn())
     times.append(time.perf_counter() - start)
   return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times)}
+
+
+def measured_peak_tflops(dtype=jnp.float32, n: int = 2048) -> float:
+  """Achievable peak of all devices: the best of 5 [n, n] @ [n, n] matmuls, in TFLOP/s."""
+  x = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a: a @ a)
+  block(f(x))
+  best = time_call(lambda: f(x), repeats=5)["min_s"]
+  return 2 * n**3 / best / 1e12 * len(jax.devices())
 
 
 def device_description() -> str:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
-from xformer import decode, variants  # noqa: E402
+from xformer import decode, host_memory, variants  # noqa: E402
 from xformer import model as model_lib  # noqa: E402
 from xformer.data.tokenizer import EOS_ID  # noqa: E402
 
@@ -104,4 +104,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # As xformer.main does: XLA:CPU speed.
   main()

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
 from xformer import model as model_lib  # noqa: E402
-from xformer import steps, variants  # noqa: E402
+from xformer import host_memory, steps, variants  # noqa: E402
 
 
 def compiled_step(cfg, task: str, batch: int, seq: int, loss_chunk: int = 0):
@@ -89,4 +89,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # As xformer.main does: XLA:CPU speed.
   main()

@@ -8,6 +8,10 @@ target and output, label-smoothed (0.1) cross-entropy, Adam(0.9, 0.98, 1e-9), fl
 dropout (so both do exactly the same arithmetic), full-length rows without padding, the same
 vocabulary. Repeats alternate between the two (A B A B ...) so drifts in machine load hit both;
 the table reports the median step time of each.
+
+It also reports each side's model FLOP rate (benchmarks/flops.py, the same count for both) as a
+fraction of the machine's achievable fp32 matmul peak (best of XLA's and torch's 2048^3 matmul):
+a side at fraction f of the peak can be beaten by at most a factor 1 / f with the same arithmetic.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
+import flops as flops_lib  # noqa: E402
 from xformer import model as model_lib  # noqa: E402
-from xformer import optim, steps, variants  # noqa: E402
+from xformer import host_memory, optim, steps, variants  # noqa: E402
 
 SIZES = {  # name: (d_model, heads, d_ff, layers each side, batch, length)
     "d256-3+3-B16": (256, 4, 1024, 3, 16, 64),
@@ -38,11 +43,20 @@ SIZES = {  # name: (d_model, heads, d_ff, layers each side, batch, length)
 }
 
 
+def torch_peak_tflops(n: int = 2048) -> float:
+  import torch  # pylint: disable=import-outside-toplevel
+  x = torch.ones(n, n)
+  return 2 * n**3 / common.time_call(lambda: x @ x, repeats=5)["min_s"] / 1e12
+
+
+def config(d, heads, ff, layers, vocab):
+  return variants.variant("base", vocab_size=vocab, d_model=d, num_heads=heads, d_ff=ff,
+                          num_encoder_layers=layers, num_decoder_layers=layers, dropout=0.0,
+                          posemb="sinusoidal")
+
+
 def ours(d, heads, ff, layers, vocab):
-  cfg = variants.variant("base", vocab_size=vocab, d_model=d, num_heads=heads, d_ff=ff,
-                         num_encoder_layers=layers, num_decoder_layers=layers, dropout=0.0,
-                         posemb="sinusoidal")
-  model = model_lib.Transformer(cfg)
+  model = model_lib.Transformer(config(d, heads, ff, layers, vocab))
   tx = optax.adam(optim.rsqrt_schedule(d, 4000), 0.9, 0.98, 1e-9)
   params = model_lib.init_params(model, jax.random.key(0))
   state = steps.TrainState(np.int32(0), params, tx.init(params))
@@ -101,6 +115,8 @@ def main(argv=None):
   p.add_argument("--json", default="")
   args = p.parse_args(argv)
   import torch  # pylint: disable=import-outside-toplevel
+  peak = max(common.measured_peak_tflops(), torch_peak_tflops())
+  print(f"Achievable fp32 matmul peak {peak:.3g} TFLOP/s", flush=True)
   rows = []
   for name in args.sizes.split(","):
     d, heads, ff, layers, batch, length = SIZES[name]
@@ -135,19 +151,28 @@ def main(argv=None):
       times["torch"].append((time.perf_counter() - start) / args.steps)
     ours_s, torch_s = statistics.median(times["ours"]), statistics.median(times["torch"])
     tokens = 2 * batch * length
+    tflop = flops_lib.train_step_flops(config(d, heads, ff, layers, args.vocab), "translation",
+                                       batch, length, length) / 1e12
     rows.append({"size": name, "ours_ms": 1e3 * ours_s, "torch_ms": 1e3 * torch_s,
                  "ours_tok_s": tokens / ours_s, "torch_tok_s": tokens / torch_s,
                  "speedup": torch_s / ours_s, "ours_compile_s": compile_s,
+                 "ours_of_peak": tflop / ours_s / peak, "torch_of_peak": tflop / torch_s / peak,
+                 "max_speedup": 1 / (tflop / torch_s / peak),
                  "ours_all_ms": [round(1e3 * t, 1) for t in times["ours"]],
                  "torch_all_ms": [round(1e3 * t, 1) for t in times["torch"]]})
     print(rows[-1], flush=True)
   common.print_table(rows, ["size", "ours_ms", "torch_ms", "ours_tok_s", "torch_tok_s",
-                            "speedup", "ours_compile_s"],
+                            "speedup", "ours_of_peak", "torch_of_peak", "max_speedup",
+                            "ours_compile_s"],
                      f"Train step vs torch.nn.Transformer {torch.__version__} (eager, "
-                     f"{torch.get_num_threads()} threads), fp32, median of {args.repeats}")
-  common.write_json(args.json, rows, args=vars(args), torch=torch.__version__)
+                     f"{torch.get_num_threads()} threads), fp32, median of {args.repeats}; "
+                     f"of_peak: model FLOP/s over the {peak:.3g} TFLOP/s matmul peak; "
+                     f"max_speedup = 1 / torch_of_peak")
+  common.write_json(args.json, rows, args=vars(args), torch=torch.__version__,
+                    peak_tflops=peak)
   return rows
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # As xformer.main does: XLA:CPU speed.
   main()

@@ -20,7 +20,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,20 +30,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "experiments"))
 import common  # noqa: E402
 import flops as flops_lib  # noqa: E402
 from pe_sweep import load_config  # noqa: E402
-from xformer import positional  # noqa: E402
+from xformer import host_memory, positional  # noqa: E402
 from xformer import run as run_lib  # noqa: E402
 
 # Dense peak TFLOP/s per chip by device_kind substring (bf16; fp32 in brackets where used).
 PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
          "TPU v5p": 459.0, "TPU v6": 918.0}
-
-
-def measured_peak_tflops(dtype=jnp.float32, n: int = 2048) -> float:
-  x = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda a: a @ a)
-  common.block(f(x))
-  best = common.time_call(lambda: f(x), repeats=5)["min_s"]
-  return 2 * n**3 / best / 1e12 * len(jax.devices())
 
 
 def peak_tflops(args) -> tuple[float, str]:
@@ -54,7 +45,7 @@ def peak_tflops(args) -> tuple[float, str]:
   for key, value in PEAKS.items():
     if key in kind:
       return value * len(jax.devices()), f"{kind} spec"
-  return measured_peak_tflops(), "measured f32 matmul"
+  return common.measured_peak_tflops(), "measured f32 matmul"
 
 
 def bench_one(config_path: str, encoding: str, args, peak: float) -> dict:
@@ -117,4 +108,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # As xformer.main does: XLA:CPU speed.
   main()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from xformer import model as model_lib
-from xformer import positional, variants
+from xformer import layers, positional, variants
 
 ENCODINGS = ["none", "sinusoidal", "learned", "rope", "alibi", "t5_bias"]
 assert set(ENCODINGS) <= set(positional.names())
@@ -212,3 +212,23 @@ def test_length_based_attention_equals_dense_masks(kind):
   np.testing.assert_allclose(np.where(real, got, 0), np.where(real, want, 0), atol=1e-5)
   np.testing.assert_allclose(np.where(real, explicit, 0), np.where(real, want, 0), atol=1e-5)
   assert np.all(np.isfinite(got))
+
+
+@pytest.mark.parametrize("lhs,rhs,dims", [
+    ((2, 3, 8), (8, 4, 5), (((2,), (0,)), ((), ()))),  # [B, T, D] x [D, N, H]: q/k/v.
+    ((2, 3, 4, 5), (4, 5, 8), (((2, 3), (0, 1)), ((), ()))),  # [B, T, N, H] x [N, H, D]: out.
+    ((2, 3, 8), (8, 16), (((2,), (0,)), ((), ()))),  # Feed-forward.
+    ((2, 3, 8), (2, 8, 4), (((2,), (1,)), ((0,), (0,)))),  # Batched: left to lax.
+    ((3, 8, 2), (8, 4), (((1,), (0,)), ((), ()))),  # Not the trailing axes: left to lax.
+])
+def test_dense_matmul_equals_dot_general(lhs, rhs, dims):
+  a = np.random.default_rng(0).standard_normal(lhs).astype(np.float32)
+  b = np.random.default_rng(1).standard_normal(rhs).astype(np.float32)
+  want = jax.lax.dot_general(a, b, dims)
+  got = layers.matmul_dot_general(a, b, dims)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # And it is what the dense layers use.
+  dense = layers.dense((4, 5), (None, None, None), use_bias=False, dtype=jnp.float32,
+                       param_dtype=jnp.float32, name="q")
+  assert dense.dot_general is layers.matmul_dot_general

@@ -6,6 +6,7 @@ device mesh, so nothing here knows about devices.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -34,6 +35,29 @@ ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], bool]] = {
 default_kernel_init = nn.initializers.xavier_uniform()
 
 
+def matmul_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                       preferred_element_type=None) -> Array:
+  """`lax.dot_general` for a dense layer, computed as one 2-D matrix product.
+
+  x [..., *K] against w [*K, *F] (contracting x's trailing and w's leading axes, no batch axes)
+  becomes [prod(...), prod(K)] @ [prod(K), prod(F)]. The result is the same, but XLA:CPU then
+  emits plain GEMMs forwards and backwards (the weight gradient is x^T dy) instead of
+  dot_generals over 3-D and 4-D operands with layout copies around them. Interleaved A/B runs of
+  the d256 and base train steps on the 2-core CPU: 5-7% faster (median of 12-15 steps).
+  Anything else goes to `lax.dot_general` unchanged.
+  """
+  (lc, rc), (lb, rb) = dimension_numbers
+  k = len(lc)
+  if (lb or rb or tuple(lc) != tuple(range(lhs.ndim - k, lhs.ndim))
+      or tuple(rc) != tuple(range(k))):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  contract = math.prod(rhs.shape[:k])
+  out = jnp.matmul(lhs.reshape(-1, contract), rhs.reshape(contract, -1), precision=precision,
+                   preferred_element_type=preferred_element_type)
+  return out.reshape(*lhs.shape[:lhs.ndim - k], *rhs.shape[k:])
+
+
 def dense(features, axes: tuple[str | None, ...], *, axis=-1, use_bias: bool, dtype: Dtype,
           param_dtype: Dtype, name: str, kernel_init=default_kernel_init) -> nn.DenseGeneral:
   """A `DenseGeneral` whose kernel (and bias) carry logical axis names.
@@ -56,6 +80,7 @@ def dense(features, axes: tuple[str | None, ...], *, axis=-1, use_bias: bool, dt
       param_dtype=param_dtype,
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]),
+      dot_general=matmul_dot_general,
       name=name,
   )
 

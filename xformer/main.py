@@ -7,7 +7,7 @@ Overrides: `--config.num_train_steps=500 --config.model.posemb=rope`; config arg
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xformer import config_lib, train
+from xformer import config_lib, host_memory, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, tokenizer).")
@@ -26,4 +26,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()
   app.run(main)

@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from xformer import bundle
+from xformer import bundle, host_memory
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (or one checkpoint step dir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
@@ -50,4 +50,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()
   app.run(main)
