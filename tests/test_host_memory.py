@@ -40,8 +40,7 @@ def _run(tmp_path, **env):
   environ.update(env, PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-u", str(script), "--x=1", "two words"], env=environ,
                        capture_output=True, text=True, check=True, timeout=120).stdout
-  lines = [line.split(" ", 1) for line in out.splitlines()]
-  return [(tag, rest) for tag, rest in lines]
+  return [tuple(line.split(" ", 1)) for line in out.splitlines()]
 
 
 def test_reexecs_once_in_place_with_arguments_and_fewer_page_faults(tmp_path):

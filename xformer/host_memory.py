@@ -46,7 +46,7 @@ def reexec_with_tunables() -> None:
   if not wanted():
     return
   os.environ["GLIBC_TUNABLES"] = TUNABLES
-  argv = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execv(sys.executable, [sys.executable, *argv[1:]])
+  # orig_argv (Python >= 3.10) keeps interpreter options and `-m module`, unlike sys.argv.
+  os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
