@@ -232,3 +232,24 @@ def test_dense_matmul_equals_dot_general(lhs, rhs, dims):
   dense = layers.dense((4, 5), (None, None, None), use_bias=False, dtype=jnp.float32,
                        param_dtype=jnp.float32, name="q")
   assert dense.dot_general is layers.matmul_dot_general
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_tied_logits_and_gradients_equal_the_einsum(dtype):
+  """layers.tied_logits (written-out backward pass) against autodiff of the plain einsum."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 3, 8)), dtype)  # [B, T, D]
+  table = jnp.asarray(rng.standard_normal((11, 8)), jnp.float32)  # [V, D], fp32 params
+  cot = jnp.asarray(rng.standard_normal((2, 3, 11)), jnp.float32)  # d loss / d logits
+
+  def einsum(x, t):
+    return jnp.einsum("BTD,VD->BTV", x, t.astype(dtype), preferred_element_type=jnp.float32)
+
+  got, got_vjp = jax.vjp(layers.tied_logits, x, table)
+  want, want_vjp = jax.vjp(einsum, x, table)
+  assert got.dtype == jnp.float32 and got.shape == (2, 3, 11)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  tol = 1e-5 if dtype == jnp.float32 else 5e-2
+  for g, w, like in zip(got_vjp(cot), want_vjp(cot), (x, table)):
+    assert g.dtype == like.dtype and g.shape == like.shape
+    np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), rtol=tol, atol=tol)

@@ -58,6 +58,42 @@ def matmul_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None
   return out.reshape(*lhs.shape[:lhs.ndim - k], *rhs.shape[k:])
 
 
+def tied_logits(x: Array, table: Array) -> Array:
+  """Logits against a tied embedding table: x [..., D] @ table[V, D]^T -> [..., V] float32.
+
+  Computed in x's dtype with float32 accumulation, as 2-D GEMMs with the backward pass written
+  out: d_x = d_logits @ table and d_table = (x^T @ d_logits)^T. Autodiff would form
+  d_table = d_logits^T @ x, for which XLA:CPU first writes the [V, B*T] transpose of d_logits
+  (the largest array of the step, recomputed in that layout); here only the small x and the
+  [D, V] result are transposed. On the 2-core CPU this took the output projection and loss of
+  the d256 benchmark step (B*T = 1024, V = 8000) from 133 ms to 113 ms (forward and backward).
+  """
+  return _tied_logits(x, table.astype(x.dtype))
+
+
+@jax.custom_vjp
+def _tied_logits(x: Array, table: Array) -> Array:
+  logits = jnp.matmul(x.reshape(-1, x.shape[-1]), table.T,
+                      preferred_element_type=jnp.float32)  # [B*T, V]
+  return logits.reshape(*x.shape[:-1], table.shape[0])
+
+
+def _tied_logits_fwd(x, table):
+  return _tied_logits(x, table), (x, table)
+
+
+def _tied_logits_bwd(residuals, d_logits):
+  x, table = residuals
+  x2 = x.reshape(-1, x.shape[-1])  # [B*T, D]
+  d2 = d_logits.reshape(-1, table.shape[0]).astype(x.dtype)  # [B*T, V]
+  d_x = jnp.matmul(d2, table, preferred_element_type=jnp.float32)  # [B*T, D]
+  d_table = jnp.matmul(x2.T, d2, preferred_element_type=jnp.float32).T  # [V, D]
+  return d_x.astype(x.dtype).reshape(x.shape), d_table.astype(table.dtype)
+
+
+_tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+
+
 def dense(features, axes: tuple[str | None, ...], *, axis=-1, use_bias: bool, dtype: Dtype,
           param_dtype: Dtype, name: str, kernel_init=default_kernel_init) -> nn.DenseGeneral:
   """A `DenseGeneral` whose kernel (and bias) carry logical axis names.

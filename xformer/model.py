@@ -248,7 +248,7 @@ class Decoder(nn.Module):
     if return_hidden:  # [B, T, D], for a loss that projects chunk by chunk (output_projection).
       return x
     if cfg.tie_output:
-      logits = self.embed.attend(x)  # [B, T, V]
+      logits = layers.tied_logits(x, self.embed.embedding)  # [B, T, V]
     else:
       logits = layers.dense(cfg.vocab_size, (EMBED, VOCAB), use_bias=True,
                             dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
@@ -322,9 +322,7 @@ def output_projection(cfg: ModelConfig, params: Any) -> Callable[[Array], Array]
   float32 (tied: the embedding table; else decoder/logits), for chunked losses."""
   if cfg.tie_output:
     table = params["embed"]["embedding"]  # [V, D]
-    return lambda h: jnp.einsum("BTD,VD->BTV", h.astype(cfg.compute_dtype),
-                                table.astype(cfg.compute_dtype),
-                                preferred_element_type=jnp.float32)
+    return lambda h: layers.tied_logits(h.astype(cfg.compute_dtype), table)
   kernel, bias = params["decoder"]["logits"]["kernel"], params["decoder"]["logits"]["bias"]
   return lambda h: (jnp.einsum("BTD,DV->BTV", h.astype(cfg.compute_dtype),
                                kernel.astype(cfg.compute_dtype),
