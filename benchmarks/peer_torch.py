@@ -6,8 +6,9 @@
 Both sides: post-LN encoder-decoder, sinusoidal positions, one embedding table shared by source,
 target and output, label-smoothed (0.1) cross-entropy, Adam(0.9, 0.98, 1e-9), float32, no
 dropout (so both do exactly the same arithmetic), full-length rows without padding, the same
-vocabulary. Repeats alternate between the two (A B A B ...) so drifts in machine load hit both;
-the table reports the median step time of each.
+vocabulary. Ours runs its layers without a loop (scan_unroll = depth), as the CPU configs do.
+Repeats alternate between the two (A B A B ...) so drifts in machine load hit both; the table
+reports the median step time of each.
 
 It also reports each side's model FLOP rate (benchmarks/flops.py, the same count for both) as a
 fraction of the machine's achievable fp32 matmul peak (best of XLA's and torch's 2048^3 matmul):
@@ -52,7 +53,7 @@ def torch_peak_tflops(n: int = 2048) -> float:
 def config(d, heads, ff, layers, vocab):
   return variants.variant("base", vocab_size=vocab, d_model=d, num_heads=heads, d_ff=ff,
                           num_encoder_layers=layers, num_decoder_layers=layers, dropout=0.0,
-                          posemb="sinusoidal")
+                          posemb="sinusoidal", scan_unroll=layers)
 
 
 def ours(d, heads, ff, layers, vocab):

@@ -151,11 +151,16 @@ def test_options_build_and_run(change):
     assert "final_norm" in params["encoder"] and "final_norm" in params["decoder"]
 
 
-def test_remat_changes_memory_not_math():
+def test_remat_and_unroll_change_speed_not_math():
+  """Remat policies and scan_unroll (partial: 2 of 3 layers per trip; full: 3) give the same
+  loss and gradients, dropout included, from the same stacked parameters; and the same cached
+  decoding."""
   src, tgt = _tokens(1, (2, 5)), _tokens(2, (2, 4))
-  results = []
-  for remat in ("none", "full"):
-    model = model_lib.Transformer(_cfg("rope", remat=remat))
+  results, decoded = [], []
+  for remat, unroll in (("none", 1), ("full", 1), ("none", 2), ("dots", 3)):
+    model = model_lib.Transformer(dataclasses.replace(
+        _cfg("rope", remat=remat, scan_unroll=unroll), num_encoder_layers=3,
+        num_decoder_layers=3))
     params = model_lib.init_params(model, jax.random.key(0))
 
     def loss(p):
@@ -164,10 +169,18 @@ def test_remat_changes_memory_not_math():
       return jnp.mean(out**2)
 
     results.append(jax.jit(jax.value_and_grad(loss))(params))
-  for other in results[1:]:
+    encoded = model.apply({"params": params}, src, method="encode")
+    cache = model_lib.init_cache(model, batch_size=2, max_len=4)
+    for t in range(2):
+      out, state = model.apply({"params": params, "cache": cache}, encoded, (src > 0).astype(jnp.int32),
+                               tgt[:, t:t + 1], decode=True, method="decode", mutable=["cache"])
+      cache = state["cache"]
+    decoded.append(out)
+  for other, dec in zip(results[1:], decoded[1:]):
     np.testing.assert_allclose(other[0], results[0][0], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), other[1],
                  results[0][1])
+    np.testing.assert_allclose(dec, decoded[0], rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_compute_keeps_fp32_params_and_logits():
@@ -183,6 +196,8 @@ def test_bad_model_config_fails_before_compiling():
     variants.variant("tiny", d_model=30)
   with pytest.raises(ValueError, match="choose one of"):
     variants.variant("tiny", norm="middle")
+  with pytest.raises(ValueError, match="scan_unroll must be an int >= 1"):
+    variants.variant("tiny", scan_unroll=0)
   with pytest.raises(KeyError, match="valid: tiny, small, base, big"):
     variants.variant("huge")
 

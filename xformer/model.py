@@ -133,6 +133,7 @@ def _stack(layer_cls: type[nn.Module], cfg: ModelConfig, num_layers: int, num_ar
       split_rngs={"params": True, "dropout": True},
       in_axes=(nn.broadcast,) * num_args,
       length=num_layers,
+      unroll=min(cfg.scan_unroll, max(num_layers, 1)),
       metadata_params={nn.PARTITION_NAME: LAYERS},
   )
 

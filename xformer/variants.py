@@ -37,6 +37,10 @@ class ModelConfig:
     tie_output: output projection = target embedding transposed (the paper).
     dtype: compute dtype name; param_dtype: parameter dtype name.
     remat: per-layer rematerialisation policy, one of REMAT_POLICIES.
+    scan_unroll: layers per iteration of the compiled layer loop. 1 compiles one layer (fastest
+      compile); a value >= the depth unrolls the stack completely (no loop: faster steps on CPU,
+      compile time grows with depth). Parameters are stacked the same way whatever the value, so
+      a checkpoint loads under any setting.
     attention_impl: None / "xla": XLA attention with dense masks (packing works); "cudnn":
       cuDNN's fused kernel (GPU, bf16/fp16), masks given as causal flag + sequence lengths, so
       rows must be unpacked; "xla_lengths": XLA with those same arguments (CPU tests, debugging).
@@ -64,6 +68,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  scan_unroll: int = 1
   attention_impl: str | None = None
   layer_norm_eps: float = 1e-6
 
@@ -83,6 +88,8 @@ class ModelConfig:
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
                        "set head_dim explicitly or change one of them.")
+    if isinstance(self.scan_unroll, bool) or self.scan_unroll < 1:
+      raise ValueError(f"model.scan_unroll must be an int >= 1, got {self.scan_unroll!r}.")
     for name in ("dropout", "attention_dropout", "ffn_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}.")
