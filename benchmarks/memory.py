@@ -5,7 +5,8 @@
 
 XLA's `compiled.memory_analysis()` reports the temporary buffers (activations kept for the
 backward pass, workspace) apart from arguments and outputs; remat trades them for recompute.
-Also: the chunked loss (`config.loss_chunk`: no [B, T, V] logits kept), and compile times.
+Also: the chunked loss (`config.loss_chunk`: no [B, T, V] logits kept), the unrolled layer
+stack (`model.scan_unroll`), and compile times.
 """
 
 from __future__ import annotations
@@ -61,26 +62,32 @@ def main(argv=None):
   p.add_argument("--policies", default="none,dots_no_batch,dots,full")
   p.add_argument("--loss_chunk", type=int, default=128,
                  help="Also measure remat=none with the chunked loss (0: skip).")
+  p.add_argument("--unrolled", type=int, default=1,
+                 help="Also measure remat=none with the layer loop unrolled (0: skip).")
   p.add_argument("--json", default="")
   args = p.parse_args(argv)
   rows = []
-  runs = [(policy, 0) for policy in args.policies.split(",")]
+  runs = [(policy, 0, 1) for policy in args.policies.split(",")]
   if args.loss_chunk:
-    runs.append(("none", args.loss_chunk))
-  for policy, chunk in runs:
+    runs.append(("none", args.loss_chunk, 1))
+  if args.unrolled:
+    runs.append(("none", 0, args.layers))
+  for policy, chunk, unroll in runs:
     cfg = variants.variant("base", vocab_size=args.vocab, d_model=args.d_model,
                            num_heads=args.heads, d_ff=args.d_ff, num_encoder_layers=args.layers,
-                           num_decoder_layers=args.layers, max_len=args.seq, remat=policy)
+                           num_decoder_layers=args.layers, max_len=args.seq, remat=policy,
+                           scan_unroll=unroll)
     compiled, compile_s = compiled_step(cfg, args.task, args.batch, args.seq, chunk)
     mem = compiled.memory_analysis()
-    rows.append({"remat": policy, "loss_chunk": chunk, "temp_MiB": mem.temp_size_in_bytes / 2**20,
+    rows.append({"remat": policy, "loss_chunk": chunk, "scan_unroll": unroll,
+                 "temp_MiB": mem.temp_size_in_bytes / 2**20,
                  "args_MiB": mem.argument_size_in_bytes / 2**20,
                  "out_MiB": mem.output_size_in_bytes / 2**20, "compile_s": compile_s})
     print(rows[-1], flush=True)
   base = rows[0]["temp_MiB"]
   for r in rows:
     r["temp_vs_none"] = r["temp_MiB"] / base
-  common.print_table(rows, ["remat", "loss_chunk", "temp_MiB", "temp_vs_none", "args_MiB", "out_MiB",
+  common.print_table(rows, ["remat", "loss_chunk", "scan_unroll", "temp_MiB", "temp_vs_none", "args_MiB", "out_MiB",
                             "compile_s"],
                      f"Train-step memory, {args.task} {args.layers}+{args.layers if args.task == 'translation' else 0} "
                      f"layers d{args.d_model} ff{args.d_ff}, B{args.batch} x {args.seq}")

@@ -15,8 +15,9 @@ def get_config(arg=None):
   c.model = config_lib.model_section(
       args["variant"], args["posemb"], d_model=128, num_heads=4, d_ff=256, num_encoder_layers=3,
       num_decoder_layers=3, dropout=0.1, max_len=128,
-      # No layer loop: on the 2-core CPU, steps 13-20% faster at the same compile time (the
-      # loop's stacked activations are zero-filled and copied every step; benchmarks/README.md).
+      # No layer loop: on the 2-core CPU, steps 13-20% faster for ~1 s more compile (the loop's
+      # stacked activations are zero-filled and copied every step; benchmarks/README.md). Set
+      # scan_unroll=1 for remat or to save activation memory.
       scan_unroll=3)
   # BPE with 2,000 pieces keeps most words whole: 13 tokens per sentence on average (a unigram
   # model of the same size gives 21, i.e. 60% more compute per sentence).

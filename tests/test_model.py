@@ -157,7 +157,7 @@ def test_remat_and_unroll_change_speed_not_math():
   decoding."""
   src, tgt = _tokens(1, (2, 5)), _tokens(2, (2, 4))
   results, decoded = [], []
-  for remat, unroll in (("none", 1), ("full", 1), ("none", 2), ("dots", 3)):
+  for remat, unroll in (("none", 1), ("full", 1), ("dots", 1), ("none", 2), ("none", 3)):
     model = model_lib.Transformer(dataclasses.replace(
         _cfg("rope", remat=remat, scan_unroll=unroll), num_encoder_layers=3,
         num_decoder_layers=3))
@@ -198,6 +198,8 @@ def test_bad_model_config_fails_before_compiling():
     variants.variant("tiny", norm="middle")
   with pytest.raises(ValueError, match="scan_unroll must be an int >= 1"):
     variants.variant("tiny", scan_unroll=0)
+  with pytest.raises(ValueError, match="needs the layer loop"):
+    variants.variant("tiny", scan_unroll=2, remat="full")
   with pytest.raises(KeyError, match="valid: tiny, small, base, big"):
     variants.variant("huge")
 

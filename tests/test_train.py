@@ -188,12 +188,16 @@ def test_two_processes_agree_with_one(small_files, tmp_path):
   workdir = str(tmp_path / "multi")
   procs = _two_processes(config, workdir)
   outs = [p.communicate(timeout=400)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out
+  # Both processes' output in every failure message: this test once failed under a loaded
+  # full-suite run without saying why.
+  log = "".join(f"\n--- process {i} (exit {p.returncode}) ---\n{out[-4000:]}"
+                for i, (p, out) in enumerate(zip(procs, outs)))
+  assert all(p.returncode == 0 for p in procs), log
   multi, one = _losses(workdir), _losses(single)
-  assert sorted(multi) == [1, 2, 3, 4]
+  assert sorted(multi) == [1, 2, 3, 4], (multi, log)
   for s in multi:
-    np.testing.assert_allclose(multi[s], one[s], rtol=1e-5, err_msg=f"step {s}")
+    np.testing.assert_allclose(multi[s], one[s], rtol=1e-5,
+                               err_msg=f"step {s}: {multi} vs one process {one}{log}")
 
 
 @pytest.mark.slow
