@@ -11,6 +11,10 @@ ops are those of the device planes' "XLA Ops" line (written from xprof's trace l
 only run on CPU). Each op is shown with its HLO shape and kind from the compiled module, and ops
 are also summed by category: gemm (dots and the YNNPACK/oneDNN fusions that wrap them), copy /
 transpose, dynamic-(update-)slice (layer stacks under nn.scan), broadcast, other fusions.
+The same steps are also timed untraced: after the warm-up steps (the first steps after compile
+are slow while the heap grows) the two agree within ~5% here. On the shared 2-core VM the
+memory-bound ops (copies, broadcasts) varied up to 3x between runs while GEMMs did not: compare
+variants in back-to-back runs, and read shares and ranking rather than absolute times.
 The trace directory (`--trace_dir`) opens in TensorBoard / xprof as well.
 """
 
@@ -96,23 +100,29 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", default="configs/default.py")
   p.add_argument("--set", action="append", default=[], help="Config override key=value.")
-  p.add_argument("--steps", type=int, default=5, help="Traced steps (after 2 untraced ones).")
+  p.add_argument("--steps", type=int, default=5, help="Steps timed, then traced.")
+  p.add_argument("--warmup", type=int, default=3, help="Steps run first (compile, heap growth).")
   p.add_argument("--top", type=int, default=25, help="Ops listed.")
   p.add_argument("--trace_dir", default="", help="Keep the trace here (default: a temp dir).")
   args = p.parse_args(argv)
   config = load_config(args.config, None, args.set)
   run = run_lib.Run(config, None)
   it, _ = run.train_iterator()
-  batches = [run.put_batch(next(it), local=True) for _ in range(args.steps + 2)]
+  batches = [run.put_batch(next(it), local=True) for _ in range(args.steps + args.warmup)]
   state, rng = run.init_state(jax.random.key(0)), jax.random.key(1)
   hlo = run.p_train_step.lower(state, batches[0], rng).compile().as_text()
-  for batch in batches[:2]:  # Compile and warm up outside the trace.
+  for batch in batches[:args.warmup]:
     state, metrics = run.p_train_step(state, batch, rng)
   common.block((state, metrics))
+  start = time.perf_counter()
+  for batch in batches[args.warmup:]:  # Untraced, to compare with the traced steps.
+    state, metrics = run.p_train_step(state, batch, rng)
+  common.block((state, metrics))
+  plain_ms = 1e3 * (time.perf_counter() - start) / args.steps
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="xformer_trace_")
   jax.profiler.start_trace(trace_dir)
   start = time.perf_counter()
-  for batch in batches[2:]:
+  for batch in batches[args.warmup:]:
     state, metrics = run.p_train_step(state, batch, rng)
   common.block((state, metrics))
   step_ms = 1e3 * (time.perf_counter() - start) / args.steps
@@ -127,9 +137,9 @@ def main(argv=None):
     by_cat[category(name, opcode)] += ns
     rows.append({"op": name, "ms_per_step": per_step(ns), "share": ns / total,
                  "calls_per_step": calls[name] / args.steps, "kind": opcode, "shape": shape})
-  print(f"\n{os.path.basename(args.config)} {' '.join(args.set)}: step {step_ms:.1f} ms "
-        f"(traced, {args.steps} steps); op time {per_step(total):.1f} ms per step; "
-        f"trace in {trace_dir}")
+  print(f"\n{os.path.basename(args.config)} {' '.join(args.set)}: step {plain_ms:.1f} ms "
+        f"untraced, {step_ms:.1f} ms traced ({args.steps} steps); op time "
+        f"{per_step(total):.1f} ms per step; trace in {trace_dir}")
   common.print_table([{"category": c, "ms_per_step": per_step(ns), "share": ns / total}
                       for c, ns in by_cat.most_common()], ["category", "ms_per_step", "share"],
                      "Op time by category")
