@@ -40,6 +40,7 @@ def parse_args(argv=None):
   p.add_argument("--vocab", type=int, default=2000)
   p.add_argument("--posemb", default="sinusoidal")
   p.add_argument("--dtype", default="float32")
+  p.add_argument("--scan_unroll", type=int, default=3, help="As in configs/default.py.")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--max_recompute_steps", type=int, default=1024,
                  help="Skip recompute runs with more steps x beam than this (they are slow).")
@@ -52,7 +53,7 @@ def build(args):
                          num_heads=args.heads, d_ff=args.d_ff, num_encoder_layers=args.layers,
                          num_decoder_layers=args.layers, posemb=args.posemb, dropout=0.0,
                          max_len=max(int(x) for x in args.lengths.split(",")),
-                         dtype=args.dtype)
+                         dtype=args.dtype, scan_unroll=args.scan_unroll)
   model = model_lib.Transformer(cfg)
   params = model_lib.init_params(model, jax.random.key(0))
   # Tied output: a zero EOS embedding gives EOS logit 0, below the top of 2,000 random logits.

@@ -5,7 +5,8 @@
       --set=model.dtype=bfloat16 --peak_tflops=989
 
 Each (config, encoding) pair builds the real run (`xformer.run.Run`: data pipeline, sharded
-jitted train step) and times `--steps` steps on real batches after a compile step. Real tokens
+jitted train step) and times `--steps` steps on real batches after a compile step and `--warmup`
+more (on CPU the first steps after compiling run up to 2x slower while the heap grows). Real tokens
 are target tokens (plus source tokens for translation) that are not padding; slots count
 padding too. MFU = model FLOPs per step (benchmarks/flops.py, computed on slots) / step time /
 peak FLOP/s. Peak: --peak_tflops, else a known figure for the device, else measured here as the
@@ -55,7 +56,7 @@ def bench_one(config_path: str, encoding: str, args, peak: float) -> dict:
                                config.data.max_target_len)
   run = run_lib.Run(config, None)
   it, _ = run.train_iterator()
-  batches = [next(it) for _ in range(args.steps + 1)]
+  batches = [next(it) for _ in range(args.steps + 1 + args.warmup)]
   state = run.init_state(jax.random.key(0))
   rng = jax.random.key(1)
   device_batches = [run.put_batch(b, local=True) for b in batches]
@@ -63,8 +64,12 @@ def bench_one(config_path: str, encoding: str, args, peak: float) -> dict:
   state, metrics = run.p_train_step(state, device_batches[0], rng)
   common.block(metrics)
   compile_s = time.perf_counter() - start
+  for batch in device_batches[1:1 + args.warmup]:
+    state, metrics = run.p_train_step(state, batch, rng)
+  common.block((state, metrics))
+  timed = slice(1 + args.warmup, None)
   start = time.perf_counter()
-  for batch in device_batches[1:]:
+  for batch in device_batches[timed]:
     state, metrics = run.p_train_step(state, batch, rng)
   common.block((state, metrics))
   step_s = (time.perf_counter() - start) / args.steps
@@ -73,7 +78,7 @@ def bench_one(config_path: str, encoding: str, args, peak: float) -> dict:
   src_len = b0["inputs"].shape[1] if "inputs" in b0 else 0
   real = np.mean([(b["targets_segment_ids"] > 0).sum() + (b["inputs_segment_ids"] > 0).sum()
                   if "inputs" in b else (b["targets_segment_ids"] > 0).sum()
-                  for b in batches[1:]])
+                  for b in batches[timed]])
   slots = rows * (tgt_len + src_len)
   model_flops = flops_lib.train_step_flops(run.model_config, config.task, rows, src_len, tgt_len)
   return {"config": os.path.basename(config_path), "posemb": encoding, "batch": rows,
@@ -87,7 +92,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--configs", default="configs/default.py,configs/lm_default.py")
   p.add_argument("--encodings", default=",".join(positional.names()))
-  p.add_argument("--steps", type=int, default=10, help="Timed steps after the compile step.")
+  p.add_argument("--steps", type=int, default=10, help="Timed steps after the warm-up.")
+  p.add_argument("--warmup", type=int, default=3, help="Untimed steps after the compile step.")
   p.add_argument("--set", action="append", default=[], help="Config override key=value.")
   p.add_argument("--peak_tflops", type=float, default=0.0, help="Peak of all devices (0: auto).")
   p.add_argument("--json", default="")
