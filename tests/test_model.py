@@ -171,8 +171,9 @@ def test_remat_and_unroll_change_speed_not_math():
     results.append(jax.jit(jax.value_and_grad(loss))(params))
     encoded = model.apply({"params": params}, src, method="encode")
     cache = model_lib.init_cache(model, batch_size=2, max_len=4)
+    segments = (src > 0).astype(jnp.int32)
     for t in range(2):
-      out, state = model.apply({"params": params, "cache": cache}, encoded, (src > 0).astype(jnp.int32),
+      out, state = model.apply({"params": params, "cache": cache}, encoded, segments,
                                tgt[:, t:t + 1], decode=True, method="decode", mutable=["cache"])
       cache = state["cache"]
     decoded.append(out)

@@ -2,7 +2,8 @@
 
 Parameter layout (checkpoints depend on it): each stack's layers live under `.../layers/...` with
 a leading axis of size num_layers (logical name "layers"), because the stack is one layer run
-under `nn.scan`: one compiled layer whatever the depth, and per-layer rematerialisation.
+under `nn.scan`: one compiled layer whatever the depth, and per-layer rematerialisation
+(`scan_unroll` > 1 unrolls the loop for speed on CPU; the parameter layout stays the same).
 
     Transformer params: embed/embedding [V, D]          (shared source/target/output table)
                         src_embed/embedding [V_src, D]  (only when share_embeddings=False)
