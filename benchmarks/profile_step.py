@@ -11,10 +11,11 @@ ops are those of the device planes' "XLA Ops" line (written from xprof's trace l
 only run on CPU). Each op is shown with its HLO shape and kind from the compiled module, and ops
 are also summed by category: gemm (dots and the YNNPACK/oneDNN fusions that wrap them), copy /
 transpose, dynamic-(update-)slice (layer stacks under nn.scan), broadcast, other fusions.
-The same steps are also timed untraced: after the warm-up steps (the first steps after compile
-are slow while the heap grows) the two agree within ~5% here. On the shared 2-core VM the
-memory-bound ops (copies, broadcasts) varied up to 3x between runs while GEMMs did not: compare
-variants in back-to-back runs, and read shares and ranking rather than absolute times.
+The same steps are also timed untraced, after warm-up steps (the first steps after compile are
+slow while the heap grows); here the two mostly agree within 5%, but the shared 2-core VM alone
+moves step times by 20% or more, and its memory-bound ops (copies, broadcasts) varied up to 3x
+between runs while GEMMs did not. Compare variants in back-to-back runs, and read shares and
+ranking rather than absolute times.
 The trace directory (`--trace_dir`) opens in TensorBoard / xprof as well.
 """
 
@@ -45,27 +46,36 @@ from xformer import run as run_lib  # noqa: E402
 _NOT_OPS = ("ThunkExecutor", "SlinkyThreadPool", "end: ")
 
 
-def self_times(path: str) -> tuple[collections.Counter, collections.Counter]:
-  """(self nanoseconds, calls) per op name in an .xplane.pb trace."""
+def op_lines(path: str) -> list[list[tuple[str, int, int]]]:
+  """The XLA op events of an .xplane.pb trace: per timeline, [(name, start_ns, duration_ns)]."""
   from jax.profiler import ProfileData  # pylint: disable=import-outside-toplevel
-  times, calls = collections.Counter(), collections.Counter()
+  lines = []
   for plane in ProfileData.from_file(path).planes:
     if plane.name.startswith("/device:"):
-      lines = [l for l in plane.lines if l.name == "XLA Ops"]
+      keep = lambda name: name == "XLA Ops"  # noqa: E731
     elif plane.name.startswith("/host:CPU"):
-      lines = [l for l in plane.lines if l.name.startswith("tf_XLAEigen")]
+      keep = lambda name: name.startswith("tf_XLAEigen")  # noqa: E731
     else:
       continue
-    for line in lines:
-      stack = []  # [name, end_ns]: the ops enclosing the current one.
-      for ev in sorted(line.events, key=lambda e: (e.start_ns, -e.duration_ns)):
-        while stack and stack[-1][1] <= ev.start_ns:
-          stack.pop()
-        if stack:
-          times[stack[-1][0]] -= ev.duration_ns  # Nested: not the parent's own time.
-        times[ev.name] += ev.duration_ns
-        calls[ev.name] += 1
-        stack.append([ev.name, ev.end_ns])
+    lines += [[(e.name, e.start_ns, e.duration_ns) for e in line.events]
+              for line in plane.lines if keep(line.name)]
+  return lines
+
+
+def self_times(lines) -> tuple[collections.Counter, collections.Counter]:
+  """(self nanoseconds, calls) per op name: an event's duration minus that of the events nested
+  in it on the same timeline. Wrapper events (_NOT_OPS) are dropped after the subtraction."""
+  times, calls = collections.Counter(), collections.Counter()
+  for events in lines:
+    stack = []  # [name, end_ns] of the events enclosing the current one.
+    for name, start, duration in sorted(events, key=lambda e: (e[1], -e[2])):
+      while stack and stack[-1][1] <= start:
+        stack.pop()
+      if stack:
+        times[stack[-1][0]] -= duration  # Nested: not the parent's own time.
+      times[name] += duration
+      calls[name] += 1
+      stack.append([name, start + duration])
   for name in [n for n in times if n.startswith(_NOT_OPS)]:
     del times[name], calls[name]
   return times, calls
@@ -127,7 +137,8 @@ def main(argv=None):
   common.block((state, metrics))
   step_ms = 1e3 * (time.perf_counter() - start) / args.steps
   jax.profiler.stop_trace()
-  times, calls = self_times(sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1])
+  trace = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1]
+  times, calls = self_times(op_lines(trace))
   ops = hlo_ops(hlo)
   total = sum(times.values())
   per_step = lambda ns: ns / 1e6 / args.steps  # noqa: E731

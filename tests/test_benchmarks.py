@@ -33,3 +33,17 @@ def test_forward_flops_match_xla_cost_analysis(task):
   # XLA also counts softmax, norms and activations (+0.4-0.5% here); a missing matmul term
   # (e.g. the cross-attention K/V projections of the source, 2.4%) would not fit in 1.5%.
   assert 0.0 <= (xla - ours) / ours < 0.015, (xla, ours)
+
+
+def test_profile_self_times_subtract_nested_events():
+  """profile_step.self_times: a parent's own time excludes its children (a while loop and its
+  body), timelines are independent, wrapper events are dropped, calls are counted."""
+  import profile_step  # noqa: E402  pylint: disable=import-outside-toplevel
+  lines = [
+      [("while.1", 0, 100), ("dot.2", 10, 30), ("fusion.3", 50, 20), ("dot.2", 80, 10),
+       ("fusion.3", 120, 5)],  # Body ops inside the loop's span, then one after it.
+      [("ThunkExecutor::Execute", 0, 50), ("dot.2", 5, 40)],  # Another thread, in a wrapper.
+  ]
+  times, calls = profile_step.self_times(lines)
+  assert times == {"while.1": 100 - 30 - 20 - 10, "dot.2": 30 + 10 + 40, "fusion.3": 20 + 5}
+  assert calls == {"while.1": 1, "dot.2": 3, "fusion.3": 2}
