@@ -33,6 +33,16 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[
   return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times)}
 
 
+def run_steps(step: Callable, state: Any, batches: Sequence[Any], rng: Any) -> tuple[Any, float]:
+  """`state, _ = step(state, batch, rng)` over `batches`, waited for: (state, seconds per step)."""
+  start = time.perf_counter()
+  metrics = None
+  for batch in batches:
+    state, metrics = step(state, batch, rng)
+  block((state, metrics))
+  return state, (time.perf_counter() - start) / max(len(batches), 1)
+
+
 def measured_peak_tflops(dtype=jnp.float32, n: int = 2048) -> float:
   """Achievable peak of all devices: the best of 5 [n, n] @ [n, n] matmuls, in TFLOP/s."""
   x = jnp.ones((n, n), dtype)

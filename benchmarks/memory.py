@@ -84,13 +84,13 @@ def main(argv=None):
                  "args_MiB": mem.argument_size_in_bytes / 2**20,
                  "out_MiB": mem.output_size_in_bytes / 2**20, "compile_s": compile_s})
     print(rows[-1], flush=True)
-  decoder_layers = args.layers if args.task == "translation" else 0
+  stacks = f"{args.layers}+{args.layers if args.task == 'translation' else 0}"
   base = rows[0]["temp_MiB"]
   for r in rows:
     r["temp_vs_none"] = r["temp_MiB"] / base
   common.print_table(rows, ["remat", "loss_chunk", "scan_unroll", "temp_MiB", "temp_vs_none",
                             "args_MiB", "out_MiB", "compile_s"],
-                     f"Train-step memory, {args.task} {args.layers}+{decoder_layers} layers "
+                     f"Train-step memory, {args.task} {stacks} layers "
                      f"d{args.d_model} ff{args.d_ff}, B{args.batch} x {args.seq}")
   common.write_json(args.json, rows, args=vars(args))
   return rows

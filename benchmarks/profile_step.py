@@ -28,7 +28,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 import jax
 
@@ -99,9 +98,9 @@ def category(name: str, opcode: str) -> str:
     return "copy/transpose"
   if "dynamic-update-slice" in base or "dynamic-slice" in base:
     return "dynamic-(update-)slice"
-  if "broadcast" in base and base.startswith(("wrapped_broadcast", "broadcast")):
+  if base.startswith(("wrapped_broadcast", "broadcast")):
     return "broadcast"
-  if base.startswith("while") or base.startswith("conditional"):
+  if base.startswith(("while", "conditional")):
     return "loop control"
   return "other fusions"
 
@@ -121,21 +120,12 @@ def main(argv=None):
   batches = [run.put_batch(next(it), local=True) for _ in range(args.steps + args.warmup)]
   state, rng = run.init_state(jax.random.key(0)), jax.random.key(1)
   hlo = run.p_train_step.lower(state, batches[0], rng).compile().as_text()
-  for batch in batches[:args.warmup]:
-    state, metrics = run.p_train_step(state, batch, rng)
-  common.block((state, metrics))
-  start = time.perf_counter()
-  for batch in batches[args.warmup:]:  # Untraced, to compare with the traced steps.
-    state, metrics = run.p_train_step(state, batch, rng)
-  common.block((state, metrics))
-  plain_ms = 1e3 * (time.perf_counter() - start) / args.steps
+  state, _ = common.run_steps(run.p_train_step, state, batches[:args.warmup], rng)
+  # The same steps untraced, then traced.
+  state, plain_s = common.run_steps(run.p_train_step, state, batches[args.warmup:], rng)
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="xformer_trace_")
   jax.profiler.start_trace(trace_dir)
-  start = time.perf_counter()
-  for batch in batches[args.warmup:]:
-    state, metrics = run.p_train_step(state, batch, rng)
-  common.block((state, metrics))
-  step_ms = 1e3 * (time.perf_counter() - start) / args.steps
+  state, traced_s = common.run_steps(run.p_train_step, state, batches[args.warmup:], rng)
   jax.profiler.stop_trace()
   trace = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1]
   times, calls = self_times(op_lines(trace))
@@ -148,8 +138,8 @@ def main(argv=None):
     by_cat[category(name, opcode)] += ns
     rows.append({"op": name, "ms_per_step": per_step(ns), "share": ns / total,
                  "calls_per_step": calls[name] / args.steps, "kind": opcode, "shape": shape})
-  print(f"\n{os.path.basename(args.config)} {' '.join(args.set)}: step {plain_ms:.1f} ms "
-        f"untraced, {step_ms:.1f} ms traced ({args.steps} steps); op time "
+  print(f"\n{os.path.basename(args.config)} {' '.join(args.set)}: step {1e3 * plain_s:.1f} ms "
+        f"untraced, {1e3 * traced_s:.1f} ms traced ({args.steps} steps); op time "
         f"{per_step(total):.1f} ms per step; trace in {trace_dir}")
   common.print_table([{"category": c, "ms_per_step": per_step(ns), "share": ns / total}
                       for c, ns in by_cat.most_common()], ["category", "ms_per_step", "share"],

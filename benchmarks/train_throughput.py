@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import numpy as np
@@ -60,19 +59,10 @@ def bench_one(config_path: str, encoding: str, args, peak: float) -> dict:
   state = run.init_state(jax.random.key(0))
   rng = jax.random.key(1)
   device_batches = [run.put_batch(b, local=True) for b in batches]
-  start = time.perf_counter()
-  state, metrics = run.p_train_step(state, device_batches[0], rng)
-  common.block(metrics)
-  compile_s = time.perf_counter() - start
-  for batch in device_batches[1:1 + args.warmup]:
-    state, metrics = run.p_train_step(state, batch, rng)
-  common.block((state, metrics))
+  state, compile_s = common.run_steps(run.p_train_step, state, device_batches[:1], rng)
+  state, _ = common.run_steps(run.p_train_step, state, device_batches[1:1 + args.warmup], rng)
   timed = slice(1 + args.warmup, None)
-  start = time.perf_counter()
-  for batch in device_batches[timed]:
-    state, metrics = run.p_train_step(state, batch, rng)
-  common.block((state, metrics))
-  step_s = (time.perf_counter() - start) / args.steps
+  state, step_s = common.run_steps(run.p_train_step, state, device_batches[timed], rng)
   b0 = batches[0]
   rows, tgt_len = b0["targets"].shape
   src_len = b0["inputs"].shape[1] if "inputs" in b0 else 0
