@@ -73,7 +73,7 @@ def main(argv=None):
         if mode == "recompute" and length * beam > args.max_recompute_steps:
           continue
         if mode == "cached":
-          fn = (lambda: decode.greedy_translate(model, params, src, length)) if beam == 1 else (
+          fn = (lambda: decode.greedy_translate(model, params, src, length)[0]) if beam == 1 else (
               lambda: decode.beam_translate(model, params, src, length, beam, 0.6))
         else:
           fn = lambda: decode.recompute_translate(model, params, src, length, beam)  # noqa: E731

@@ -34,7 +34,7 @@ def _ffn(cfg: ModelConfig, tokens: int) -> float:
 
 def forward_flops(cfg: ModelConfig, task: str, src_len: int, tgt_len: int) -> float:
   """Forward FLOPs of one row (one source/target pair, or one LM sequence)."""
-  d, a, s, t = cfg.d_model, cfg.num_heads * cfg.heads_dim, src_len, tgt_len
+  d, a, s, t = cfg.d_model, cfg.num_heads * cfg.head_dim, src_len, tgt_len
   decoder_layer = 8 * t * d * a + 4 * t * t * a / 2 + _ffn(cfg, t)
   flops = cfg.num_decoder_layers * decoder_layer + 2.0 * t * d * cfg.vocab_size
   if task == "translation":

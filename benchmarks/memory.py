@@ -27,11 +27,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
 from xformer import model as model_lib  # noqa: E402
+from xformer import tasks  # noqa: E402
 from xformer import host_memory, steps, variants  # noqa: E402
 
 
 def compiled_step(cfg, task: str, batch: int, seq: int, loss_chunk: int = 0):
-  model = model_lib.make_model(cfg, task)
+  model = tasks.get(task).build_model(cfg)
   tx = optax.adam(1e-3)
   params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
   state = steps.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params,

@@ -34,12 +34,10 @@ import jax
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "experiments"))
 
 import common  # noqa: E402
-from pe_sweep import load_config  # noqa: E402
 from xformer import host_memory  # noqa: E402
-from xformer import run as run_lib  # noqa: E402
+from xformer import config_lib, train  # noqa: E402
 
 # Wrappers, not ops: their time is their children's (or waiting).
 _NOT_OPS = ("ThunkExecutor", "SlinkyThreadPool", "end: ")
@@ -114,9 +112,9 @@ def main(argv=None):
   p.add_argument("--top", type=int, default=25, help="Ops listed.")
   p.add_argument("--trace_dir", default="", help="Keep the trace here (default: a temp dir).")
   args = p.parse_args(argv)
-  config = load_config(args.config, None, args.set)
-  run = run_lib.Run(config, None)
-  it, _ = run.train_iterator()
+  config = config_lib.load_file(args.config, None, args.set)
+  run, inputs = train.build(config)
+  it, _ = inputs.train_iterator()
   batches = [run.put_batch(next(it), local=True) for _ in range(args.steps + args.warmup)]
   state, rng = run.init_state(jax.random.key(0)), jax.random.key(1)
   hlo = run.p_train_step.lower(state, batches[0], rng).compile().as_text()

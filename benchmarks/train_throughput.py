@@ -25,13 +25,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "experiments"))
 
 import common  # noqa: E402
 import flops as flops_lib  # noqa: E402
-from pe_sweep import load_config  # noqa: E402
 from xformer import host_memory, positional  # noqa: E402
-from xformer import run as run_lib  # noqa: E402
+from xformer import config_lib, train  # noqa: E402
 
 # Dense peak TFLOP/s per chip by device_kind substring (bf16; fp32 in brackets where used).
 PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
@@ -49,12 +47,12 @@ def peak_tflops(args) -> tuple[float, str]:
 
 
 def bench_one(config_path: str, encoding: str, args, peak: float) -> dict:
-  config = load_config(config_path, f"posemb={encoding}", args.set)
+  config = config_lib.load_file(config_path, f"posemb={encoding}", args.set)
   if positional.get(encoding).LIMITED_TO_MAX_LEN:
     config.model.max_len = max(config.model.max_len, config.data.max_source_len,
                                config.data.max_target_len)
-  run = run_lib.Run(config, None)
-  it, _ = run.train_iterator()
+  run, inputs = train.build(config)
+  it, _ = inputs.train_iterator()
   batches = [next(it) for _ in range(args.steps + 1 + args.warmup)]
   state = run.init_state(jax.random.key(0))
   rng = jax.random.key(1)

@@ -2,23 +2,22 @@
 
   python -m xformer.main --config=configs/default.py --workdir=runs/default
 
-Args after the colon: variant (model size), posemb (positional encoding), e.g.
-`--config=configs/default.py:posemb=rope`. Any field can be overridden: --config.batch_size=32.
+Args after the colon: variant (a size of xformer.variants.VARIANTS), posemb (positional
+encoding), e.g. `--config=configs/default.py:posemb=rope`. Any field can be overridden by flag:
+--config.model.posemb=rope --config.model.posemb_kw.rope.base=500 --config.batch_size=32.
 """
 
 from xformer import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, variant="small", posemb="sinusoidal")
+  args = config_lib.parse_arg(arg, variant="mini", posemb="sinusoidal")
   c = config_lib.common("translation")
   c.model = config_lib.model_section(
-      args["variant"], args["posemb"], d_model=128, num_heads=4, d_ff=256, num_encoder_layers=3,
-      num_decoder_layers=3, dropout=0.1, max_len=128,
-      # No layer loop: on the 2-core CPU, steps 13-20% faster for ~1 s more compile (the loop's
-      # stacked activations are zero-filled and copied every step; benchmarks/README.md). Set
+      args["variant"], args["posemb"], max_len=128,
+      # No layer loop: faster CPU steps for a little more compile (benchmarks/README.md). Set
       # scan_unroll=1 for remat or to save activation memory.
-      scan_unroll=3)
+      scan_unroll=6)
   # BPE with 2,000 pieces keeps most words whole: 13 tokens per sentence on average (a unigram
   # model of the same size gives 21, i.e. 60% more compute per sentence).
   c.tokenizer.vocab_size = 2000

@@ -7,13 +7,13 @@ from xformer import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, variant="base", posemb="rope")
+  args = config_lib.parse_arg(arg, variant="lm_base", posemb="rope")
   c = config_lib.common("lm")
-  c.model = config_lib.model_section(args["variant"], args["posemb"], num_encoder_layers=0,
-                                     num_decoder_layers=12, norm="pre", activation="gelu",
-                                     dropout=0.0, max_len=512)
+  c.model = config_lib.model_section(args["variant"], args["posemb"], norm="pre",
+                                     activation="gelu", max_len=512)
   c.model.dtype = "bfloat16"
   c.data.dataset = "lm1b"
+  c.data.eval_split = "test"  # lm1b has train and test only (its held-out set).
   c.data.max_target_len = 256
   c.data.pretokenize = False
   c.data.overlong = "truncate"

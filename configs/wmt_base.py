@@ -13,7 +13,9 @@ from xformer import config_lib
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, variant="base", posemb="sinusoidal")
   c = config_lib.common("translation")
-  c.model = config_lib.model_section(args["variant"], args["posemb"], max_len=256)
+  # max_len covers decoding: sources of 256 tokens get outputs of up to 256 + 50 (a learned
+  # position table must have a row for each).
+  c.model = config_lib.model_section(args["variant"], args["posemb"], max_len=306)
   c.model.dtype = "bfloat16"
   c.data.dataset = "wmt14_translate/de-en"
   c.data.source_lang, c.data.target_lang = "en", "de"  # English to German, as in the paper.

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -37,32 +36,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import length_generalization as lengths  # noqa: E402
 from xformer import bundle as bundle_lib  # noqa: E402
-from xformer import metric_writer, positional  # noqa: E402
-
-
-def load_config(path: str, arg: str, overrides: list[str]):
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  for item in overrides:
-    key, _, value = item.partition("=")
-    node = config
-    *parents, last = key.split(".")
-    for name in parents:
-      node = node[name]
-    node[last] = type(node[last])(value) if node[last] is not None else value
-  return config
+from xformer import config_lib, decode, metric_writer, positional, tasks  # noqa: E402
 
 
 def run_flags(args, encoding: str) -> list[str]:
   """`python -m xformer.main` flags of one run (also used by launch_tpu.py)."""
-  config = load_config(args.config, f"posemb={encoding}", args.set)
-  flags = [f"--config={args.config}:posemb={encoding}",
+  config = config_lib.load_file(args.config, None, [f"model.posemb={encoding}", *args.set])
+  flags = [f"--config={args.config}", f"--config.model.posemb={encoding}",
            f"--config.num_train_steps={args.steps}", f"--config.seed={args.seed}"]
   flags += [f"--config.{item}" for item in args.set]
-  if positional.get(encoding).LIMITED_TO_MAX_LEN and config.task == "lm":
-    flags.append(f"--config.model.max_len={config.data.max_target_len}")
+  if positional.get(encoding).LIMITED_TO_MAX_LEN:  # The table ends where reading ends.
+    longest = tasks.get(config.task).longest_position(config.data,
+                                                      decode.Settings(**config.decode))
+    flags.append(f"--config.model.max_len={longest}")
   return flags
 
 
@@ -93,7 +79,7 @@ def collect(args, encodings: list[str], times: dict[str, float]) -> list[dict]:
     b = bundle_lib.load(workdir)
     row = {"encoding": enc, "steps": final.get("step"), "train_loss": curve[-1][1],
            "wall_s": times.get(enc), "curve": curve}
-    if b.is_lm:
+    if b.run.task.name == "lm":
       report = lengths.lm_report(b, args.eval_split)
       row["val_ppl"] = final.get("validation/perplexity")
       row.update({f"ppl@{k}x": v for k, v in report["ppl"].items()})

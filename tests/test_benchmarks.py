@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 import flops  # noqa: E402  pylint: disable=wrong-import-position
 from xformer import model as model_lib  # noqa: E402  pylint: disable=wrong-import-position
-from xformer import variants  # noqa: E402  pylint: disable=wrong-import-position
+from xformer import tasks, variants  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.mark.parametrize("task", ["lm", "translation"])
@@ -19,7 +19,7 @@ def test_forward_flops_match_xla_cost_analysis(task):
   cfg = variants.variant("base", vocab_size=2048, d_model=256, num_heads=4, d_ff=1024,
                          num_encoder_layers=1, num_decoder_layers=1, posemb="sinusoidal")
   # One layer per stack: XLA's cost analysis counts a scanned (while-loop) body once.
-  model = model_lib.make_model(cfg, task)
+  model = tasks.get(task).build_model(cfg)
   params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
   batch, s, t = 2, 96, 128
   args = ((jnp.ones((batch, s), jnp.int32),) if task == "translation" else ()) + (

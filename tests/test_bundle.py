@@ -11,8 +11,7 @@ import pytest
 
 import xformer
 from conftest import small_config
-from xformer import bundle, steps, train, viz
-from xformer import run as run_lib
+from xformer import bundle, errors, steps, train, viz
 from xformer.checkpoint import Checkpointer
 from xformer.data import pipeline
 
@@ -22,8 +21,7 @@ SOURCES = ["the poet sings .", "a quiet castle paints the mirror today .", "she 
 
 def _sharded_config(small_files, **overrides):
   return small_config(small_files, num_train_steps=8, checkpoint_every_steps=4,
-                      **{"mesh.data": 4, "mesh.fsdp": 2, "model.posemb": "rope",
-                         "model.posemb_kw": {"base": 10_000.0}, **overrides})
+                      **{"mesh.data": 4, "mesh.fsdp": 2, "model.posemb": "rope", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +43,11 @@ def _one_device(args, stdin=None):
 
 
 def test_checkpoint_from_8_devices_translates_identically_on_1(small_files, sharded_run):
-  run = run_lib.Run(_sharded_config(small_files), sharded_run)
+  run, inputs = train.build(_sharded_config(small_files), sharded_run)
   ckpt = Checkpointer(os.path.join(sharded_run, "checkpoints"), read_only=True)
   params = ckpt.restore_params(8, run.abstract_params, run.param_shardings)
   assert len(params["embed"]["embedding"].sharding.device_set) == 8
-  on_eight = bundle.Bundle(run.config, params, run.tokenizer, 8, sharded_run)
+  on_eight = bundle.Bundle(run, params, inputs.tokenizer, 8, sharded_run)
   expected = on_eight.translate(SOURCES, beam=2, nbest=True)
   # The same checkpoint through the CLI in a process with one device.
   out = _one_device(["xformer.translate", f"--workdir={sharded_run}", "--beam=2", "--nbest"],
@@ -68,17 +66,18 @@ def test_load_gives_one_device_params_and_score_equals_the_training_nll(small_fi
   assert b.step == 8 and b.config.task == "translation"
   leaves = jax.tree.leaves(b.params)
   assert all(len(x.sharding.device_set) == 1 for x in leaves)
-  ds = run_lib.Run(_sharded_config(small_files), sharded_run).dataset
+  ds = train.build(_sharded_config(small_files), sharded_run)[1].dataset
   src, tgt = ds.example("test", 0)
   scored = b.score(src, tgt)
   assert scored.pieces[-1] == "</s>" and len(scored.ids) == len(b.tokenizer.encode(tgt)) + 1
   # The training path: pipeline framing and padding, eval_step's token sums (no smoothing).
   lengths = pipeline.Lengths(64, 64)
-  frame = pipeline.Tokenize("translation", lengths, "drop", pipeline.OverlongCounter())
+  frame = pipeline.Frame(b.run.task, lengths, "drop", pipeline.OverlongCounter())
   example = frame.map((np.array(b.tokenizer.encode(src)), np.array(b.tokenizer.encode(tgt))))
-  batch = {k: v[None] for k, v in pipeline.PadUnpacked(lengths).map(example).items()}
-  sums = jax.jit(lambda p, x: steps.eval_step(p, x, model=b.model, label_smoothing=0.0))(
-      b.params, batch)
+  pad = pipeline.PadUnpacked(b.run.task.feature_lengths(lengths))
+  batch = {k: v[None] for k, v in pad.map(example).items()}
+  sums = jax.jit(lambda p, x: steps.loss_sums(p, x, None, None, task=b.run.task, model=b.model,
+                                              label_smoothing=0.0))(b.params, batch)
   np.testing.assert_allclose(scored.nll, float(sums["nll"] / sums["weight"]), rtol=1e-5)
   assert int(sums["weight"]) == len(scored.ids)
   hyp = b.translate(src, beam=1)
@@ -102,7 +101,7 @@ def test_average_last_is_the_mean_of_the_checkpoints(sharded_run):
   p8 = xformer.load(sharded_run).params
   jax.tree.map(lambda a, x, y: np.testing.assert_allclose(a, (x + y) / 2, rtol=1e-6),
                avg.params, p4, p8)
-  with pytest.raises(FileNotFoundError, match="has steps"):
+  with pytest.raises(errors.UserError, match="has steps"):
     xformer.load(sharded_run, step=5)
 
 
@@ -152,5 +151,5 @@ def test_notebook_runs_headless(sharded_run, monkeypatch):
 
 
 def test_bad_paths_say_what_is_wrong(tmp_path):
-  with pytest.raises(FileNotFoundError, match="neither a run directory"):
+  with pytest.raises(errors.UserError, match="neither a run directory"):
     bundle.load(str(tmp_path))

@@ -118,7 +118,7 @@ def test_user_files_build_as_tfds_datasets(tmp_path):
   lm = datasets.load({"dataset": "text_files", "data_dir": str(tmp_path / "tfds"),
                       "files": {"train": text}})
   assert sorted(lm.example("train", i)[0] for i in range(2)) == ["first line", "second line"]
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(ValueError, match="does not exist"):
     datasets.load({"dataset": "text_files", "data_dir": str(tmp_path),
                    "files": {"train": str(tmp_path / "missing.txt")}})
 

@@ -37,15 +37,21 @@ def _sequence_logps(model, params, src, seqs, length):
 def test_beam_of_one_equals_greedy():
   model, params = _model(40)
   src = jax.random.randint(jax.random.key(1), (3, 7), 3, 40)
-  greedy = decode.greedy_translate(model, params, src, max_len=12)
-  tokens, _ = decode.beam_translate(model, params, src, max_len=12, beam=1, alpha=0.0)
+  greedy, logp = decode.greedy_translate(model, params, src, max_len=12)
+  tokens, scores = decode.beam_translate(model, params, src, max_len=12, beam=1, alpha=0.0)
   np.testing.assert_array_equal(tokens[:, 0], greedy)
+  # The greedy score is the output's log-probability, as scored by the full model (alpha 0: no
+  # length penalty in the beam score either).
+  np.testing.assert_allclose(logp, scores[:, 0], rtol=1e-5, atol=1e-5)
+  want = [_sequence_logps(model, params, src[i:i + 1], [[t for t in np.asarray(greedy[i]) if t]],
+                          12)[0] for i in range(3)]
+  np.testing.assert_allclose(logp, want, rtol=1e-4, atol=1e-4)
 
 
 def test_cached_greedy_equals_full_recompute():
   model, params = _model(40, posemb="alibi")
   src = jax.random.randint(jax.random.key(2), (2, 6), 3, 40)
-  greedy = np.asarray(decode.greedy_translate(model, params, src, max_len=8))
+  greedy = np.asarray(decode.greedy_translate(model, params, src, max_len=8)[0])
   np.testing.assert_array_equal(greedy, decode.recompute_translate(model, params, src, max_len=8))
   full = jax.jit(model.apply)
   for row in range(2):

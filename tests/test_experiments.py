@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 import launch_tpu  # noqa: E402  pylint: disable=wrong-import-position
 import pe_sweep  # noqa: E402  pylint: disable=wrong-import-position
-from xformer import evaluate  # noqa: E402  pylint: disable=wrong-import-position
+from xformer import extrapolation  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def test_launcher_dry_run_prints_the_commands_a_user_would_paste(capsys):
@@ -34,13 +34,14 @@ def test_launcher_dry_run_prints_the_commands_a_user_would_paste(capsys):
       "git checkout --quiet abc123 && python3 -m pip install --quiet -e '\"'\"'.[tpu]'\"'\"' "
       "gcsfs'",
       ssh + "'--command=cd xformer && python3 -m xformer.main "
-      "--config=configs/lm_default.py:posemb=rope --config.num_train_steps=2000 "
+      "--config=configs/lm_default.py --config.model.posemb=rope --config.num_train_steps=2000 "
       "--config.seed=0 --workdir=gs://bkt/sweep/rope'",
       "gcloud storage cp -r gs://bkt/sweep/rope/metrics.jsonl gs://bkt/sweep/rope/tokenizer.model "
       "gs://bkt/sweep/rope/tokenizer.json /tmp/res/rope/",
       ssh + "'--command=cd xformer && python3 -m xformer.main "
-      "--config=configs/lm_default.py:posemb=learned --config.num_train_steps=2000 "
-      "--config.seed=0 --config.model.max_len=128 --workdir=gs://bkt/sweep/learned'",
+      "--config=configs/lm_default.py --config.model.posemb=learned "
+      "--config.num_train_steps=2000 --config.seed=0 --config.model.max_len=128 "
+      "--workdir=gs://bkt/sweep/learned'",
       "gcloud storage cp -r gs://bkt/sweep/learned/metrics.jsonl "
       "gs://bkt/sweep/learned/tokenizer.model gs://bkt/sweep/learned/tokenizer.json "
       "/tmp/res/learned/",
@@ -62,10 +63,10 @@ def test_launcher_refuses_a_workdir_that_dies_with_the_vm():
 
 
 def test_bucket_perplexity_and_windows():
-  windows = evaluate.token_windows([[5, 6, 7, 1], [8, 9, 1]], window=3, bos=2)
+  windows = extrapolation.token_windows([[5, 6, 7, 1], [8, 9, 1]], window=3, bos=2)
   np.testing.assert_array_equal(windows, [[2, 5, 6, 7], [1, 2, 8, 9]])
   nll = np.log(np.array([2.0, 2.0, 4.0, 4.0]))
-  assert evaluate.bucket_perplexity(nll, [0, 2, 4, 8]) == pytest.approx({"0-2": 2.0, "2-4": 4.0})
+  assert extrapolation.bucket_perplexity(nll, [0, 2, 4, 8]) == pytest.approx({"0-2": 2.0, "2-4": 4.0})
 
 
 def test_pe_sweep_end_to_end_tiny(data_dir, tmp_path):

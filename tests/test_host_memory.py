@@ -1,6 +1,7 @@
 """The glibc malloc re-exec of the command-line entry points (xformer.host_memory)."""
 
 import os
+import shutil
 import platform
 import subprocess
 import sys
@@ -18,9 +19,13 @@ pytestmark = pytest.mark.skipif(
 # Prints its pid, arguments and tunables before and after the re-exec call, then counts the page
 # faults of allocating (and freeing) a 64 MiB array 20 times, as XLA:CPU does with step buffers.
 SCRIPT = """
-import os, resource, sys
+import importlib.util, os, resource, sys
 import numpy as np
-from xformer import host_memory
+# The module alone, not the package: what else the package imports changes malloc's behaviour.
+spec = importlib.util.spec_from_file_location("host_memory", sys.argv[0].replace(
+    "probe.py", "host_memory.py"))
+host_memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(host_memory)
 print("before", os.getpid(), sys.argv[1:], os.environ.get("GLIBC_TUNABLES"), flush=True)
 host_memory.reexec_with_tunables()
 print("after", os.getpid(), sys.argv[1:], os.environ.get("GLIBC_TUNABLES"), flush=True)
@@ -35,6 +40,7 @@ print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 def _run(tmp_path, **env):
   script = tmp_path / "probe.py"
   script.write_text(SCRIPT)
+  shutil.copy(os.path.join(ROOT, "xformer", "host_memory.py"), tmp_path / "host_memory.py")
   environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",
                                                                 host_memory.OPT_OUT)}
   environ.update(env, PYTHONPATH=ROOT)

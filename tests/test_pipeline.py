@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xformer import losses, steps, variants
+from xformer import losses, tasks, variants
 from xformer import model as model_lib
 from xformer.data import pipeline
 from xformer.data.tokenizer import BOS_ID, EOS_ID
 
 LENGTHS = pipeline.Lengths(48, 48)
+TRANSLATION = tasks.get("translation")
 
 
 def _encoded(ds, tok, split="train", eager=False):
@@ -17,7 +18,7 @@ def _encoded(ds, tok, split="train", eager=False):
 
 
 def _iterator(ds, tok, **kw):
-  args = dict(task="translation", lengths=LENGTHS, batch_size=8, seed=3)
+  args = dict(task=TRANSLATION, lengths=LENGTHS, batch_size=8, seed=3)
   args.update(kw)
   return pipeline.train_iterator(_encoded(ds, tok), **args)
 
@@ -46,13 +47,13 @@ def test_batches_are_well_formed(translation_data):
 def test_restored_iterator_continues_with_the_same_batches(translation_data):
   ds, tok = translation_data
   source = _encoded(ds, tok, eager=True)
-  it, _ = pipeline.train_iterator(source, task="translation", lengths=LENGTHS, batch_size=8,
+  it, _ = pipeline.train_iterator(source, task=TRANSLATION, lengths=LENGTHS, batch_size=8,
                                   seed=3)
   for _ in range(3):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(4)]
-  fresh, _ = pipeline.train_iterator(source, task="translation", lengths=LENGTHS, batch_size=8,
+  fresh, _ = pipeline.train_iterator(source, task=TRANSLATION, lengths=LENGTHS, batch_size=8,
                                      seed=3)  # A new object, as after a restart.
   fresh.set_state(state)
   for want in expected:
@@ -67,15 +68,16 @@ def test_process_shards_are_disjoint_and_cover_the_epoch(translation_data):
                                   eager=True)
   seen = []
   for p in range(2):
-    it, _ = pipeline.train_iterator(source, task="translation", lengths=LENGTHS, batch_size=1,
+    it, _ = pipeline.train_iterator(source, task=TRANSLATION, lengths=LENGTHS, batch_size=1,
                                     seed=0, pack=False, process_index=p, process_count=2,
                                     prefetch=0)
     rows = [tuple(next(it)["inputs"][0]) for _ in range(20)]  # One epoch of this shard.
     assert len(set(rows)) == 20
     seen.append(set(rows))
   assert not seen[0] & seen[1]
-  frame = pipeline.Tokenize("translation", LENGTHS, "drop", pipeline.OverlongCounter())
-  everything = {tuple(pipeline.PadUnpacked(LENGTHS).map(frame.map(source[i]))["inputs"])
+  frame = pipeline.Frame(TRANSLATION, LENGTHS, "drop", pipeline.OverlongCounter())
+  pad = pipeline.PadUnpacked(TRANSLATION.feature_lengths(LENGTHS))
+  everything = {tuple(pad.map(frame.map(source[i]))["inputs"])
                 for i in range(len(source))}
   assert seen[0] | seen[1] == everything
 
@@ -84,7 +86,7 @@ def test_overlong_examples_are_dropped_or_truncated_and_counted(translation_data
   ds, tok = translation_data
   short = pipeline.Lengths(12, 12)
   for policy in ("drop", "truncate"):
-    it, counter = pipeline.train_iterator(_encoded(ds, tok), task="translation", lengths=short,
+    it, counter = pipeline.train_iterator(_encoded(ds, tok), task=TRANSLATION, lengths=short,
                                           batch_size=4, seed=0, overlong=policy, prefetch=0)
     batch = next(it)
     assert batch["inputs"].shape == (4, 12)
@@ -96,7 +98,7 @@ def test_overlong_examples_are_dropped_or_truncated_and_counted(translation_data
 def test_eval_batches_cover_the_split_exactly(translation_data):
   ds, tok = translation_data
   batches, counter = pipeline.eval_batches(_encoded(ds, tok, "test", eager=True),
-                                           task="translation", lengths=LENGTHS, batch_size=300)
+                                           task=TRANSLATION, lengths=LENGTHS, batch_size=300)
   batches = list(batches)
   real_rows = sum(int((b["targets_segment_ids"][:, 0] > 0).sum()) for b in batches)
   assert real_rows == len(ds.split("test")) == counter.summary()["examples"]
@@ -110,7 +112,7 @@ def test_packed_batch_gives_the_per_example_losses_of_unpacked_examples(translat
   params = model_lib.init_params(model, jax.random.key(0))
   it, _ = _iterator(ds, tok, batch_size=2, prefetch=0)
   packed = next(it)
-  apply = jax.jit(lambda batch: steps.apply_model(model, params, batch))
+  apply = jax.jit(lambda batch: TRANSLATION.apply(model, params, batch))
   logits = apply(packed)
   per_token = -jnp.take_along_axis(jax.nn.log_softmax(logits), packed["targets"][..., None],
                                    -1)[..., 0]  # [B, T]

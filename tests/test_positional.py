@@ -126,21 +126,31 @@ def test_learned_table_refuses_positions_past_its_end():
 
 
 def test_a_new_encoding_is_one_class_in_one_place():
-  """A researcher's encoding, defined here and nowhere else, trains in the full model."""
+  """A researcher's encoding, defined here and nowhere else, is what the full model computes:
+  with its learned scale at 1 the model equals the sinusoidal one, and the scale is trained."""
 
   @positional.register("scaled_sinusoidal_test")
   class ScaledSinusoidal(positional.PositionalEncoding):
     HOOKS = frozenset({positional.ADD})
-    EXTRAPOLATES = False
 
     @nn.compact
     def embed(self, positions):
       scale = self.param("scale", nn.initializers.ones, (), self.param_dtype)
       return scale * positional.sinusoidal(positions, self.d_model)
 
-  cfg = variants.variant("tiny", vocab_size=20, posemb="scaled_sinusoidal_test")
-  params = model_lib.init_params(model_lib.Transformer(cfg), jax.random.key(0))
-  assert params["encoder"]["posemb"]["scale"].shape == ()
+  cfg = variants.variant("tiny", vocab_size=20, posemb="scaled_sinusoidal_test", dropout=0.0)
+  model = model_lib.Transformer(cfg)
+  params = model_lib.init_params(model, jax.random.key(0))
+  src, tgt = jnp.arange(3, 9)[None], jnp.arange(4, 9)[None]
+  sinusoidal = model_lib.Transformer(cfg.replace(posemb="sinusoidal", posemb_kw={}))
+  without_scale = {**params, "encoder": {k: v for k, v in params["encoder"].items()
+                                         if k != "posemb"},
+                   "decoder": {k: v for k, v in params["decoder"].items() if k != "posemb"}}
+  np.testing.assert_allclose(model.apply({"params": params}, src, tgt),
+                             sinusoidal.apply({"params": without_scale}, src, tgt), atol=1e-5)
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, src, tgt)[..., 5]))(params)
+  assert abs(float(grads["encoder"]["posemb"]["scale"])) > 1e-4
+  assert abs(float(grads["decoder"]["posemb"]["scale"])) > 1e-4
 
 
 def test_readme_example_encoding_works():

@@ -2,6 +2,7 @@
 checkpoints, unwritable workdirs. Nothing is lost and every failure says what happened."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,6 @@ import pytest
 from conftest import small_config
 from xformer import metric_writer, train
 from xformer.data import pipeline
-from xformer import run as run_lib
 from xformer.checkpoint import Checkpointer, CheckpointMismatchError, CorruptCheckpointError
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -32,7 +32,7 @@ def _steps(workdir):
 
 
 def _restore(config, workdir, step):
-  run = run_lib.Run(config, None)
+  run, _ = train.build(config)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   params, opt_state = ckpt.restore(step, run.abstract_params, run.abstract_opt_state, None, None,
                                    None)
@@ -120,7 +120,7 @@ def test_gradient_spike_is_clipped_to_the_threshold_and_logged(small_files, tmp_
 
 def test_topology_change_4x2_to_1_and_2x4_and_back(small_files, tmp_path):
   def run_on(data, fsdp):
-    return run_lib.Run(small_config(small_files, **{"mesh.data": data, "mesh.fsdp": fsdp}), None)
+    return train.build(small_config(small_files, **{"mesh.data": data, "mesh.fsdp": fsdp}))[0]
 
   a = run_on(4, 2)
   state = a.init_state(jax.random.key(0))
@@ -139,8 +139,10 @@ def test_topology_change_4x2_to_1_and_2x4_and_back(small_files, tmp_path):
                (values.params, values.opt_state))
   jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim) or pytest.fail(str(s)),
                params, b.param_shardings)
-  assert params["embed"]["embedding"].sharding.spec != state.params["embed"][
-      "embedding"].sharding.spec or b.mesh.shape != a.mesh.shape
+  # The same spec on another mesh: the embedding's D axis is cut in 4, not 2.
+  embedding = lambda p: p["embed"]["embedding"]  # noqa: E731
+  assert embedding(params).sharding.shard_shape(embedding(params).shape) == (400, 8)
+  assert embedding(state.params).sharding.shard_shape(embedding(params).shape) == (400, 16)
   # And back onto (4, 2).
   back = Checkpointer(str(tmp_path / "b"), async_save=False)
   back.save(0, params, opt_state, None, {})
@@ -155,8 +157,8 @@ def test_topology_change_4x2_to_1_and_2x4_and_back(small_files, tmp_path):
                                       r"\(2, "),
     ({"model.d_model": 48}, r"embed/embedding: checkpoint shape \(400, 32\), expected shape "
                             r"\(400, 48\)"),
-    ({"model.posemb": "learned", "model.posemb_kw": {"init_stddev": 0.02}},
-     r"decoder/posemb/table: expected \(64, 32\), missing from the checkpoint"),
+    ({"model.posemb": "learned", "model.max_len": 82},  # 32 source tokens + 50 decoded.
+     r"decoder/posemb/table: expected \(82, 32\), missing from the checkpoint"),
     ({"tokenizer.vocab_size": 500, "init_from": "SELF"},
      r"embed/embedding: checkpoint shape \(400, 32\), expected shape \(\d+, 32\)"),
 ])
@@ -255,23 +257,50 @@ def test_the_package_never_unpickles():
 @pytest.mark.parametrize("flag, message", [
     ("--config.batch_sise=3", 'Did you mean "batch_size"'),
     ("--config.model.posemb=rope2", "Did you mean 'rope'? Valid names: none, sinusoidal"),
+    ("--config.model.posemb_kw.rope.bse=5", 'Did you mean "base"'),
     ("--config.batch_size=abc", "invalid literal for int()"),
     ("--config.data.overlong=clip", "choose one of ['drop', 'truncate']"),
+    ("--config.data.eval_split=dev", "has no such split; it has ['train', 'validation', 'test',"),
+    ("--config.model.posemb=learned --config.model.max_len=64",
+     "Set --config.model.max_len=114"),
+    ("--config.mesh.data=3", "needs 3 devices, there are 8"),
+    ("--config.batch_size=60", "batch_size=60 rows cannot be split over the mesh's 8"),
+    ("--config.model.variant=lm_base", "The translation task needs an encoder"),
 ])
 def test_config_errors_are_clear_and_come_before_anything_runs(tmp_path, flag, message):
   workdir = tmp_path / "run"
   out = subprocess.run([sys.executable, "-m", "xformer.main", "--config=configs/default.py",
-                        f"--workdir={workdir}", flag], cwd=REPO, capture_output=True, text=True,
-                       timeout=120, check=False)
-  assert out.returncode != 0
-  assert message in out.stderr + out.stdout, out.stderr[-2000:]
+                        f"--workdir={workdir}", *flag.split()], cwd=REPO, capture_output=True,
+                       text=True, timeout=120, check=False)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert message in out.stderr, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr and out.stderr.strip().startswith("error: ")
   assert not workdir.exists()  # Nothing built, nothing compiled, nothing written.
 
 
+def test_user_errors_at_run_time_are_one_line_unless_verbose(small_files, tmp_path):
+  """Misaligned parallel files are found when the dataset is built: one line, exit 2; the
+  traceback with --verbosity=1."""
+  (tmp_path / "a.en").write_text("one\ntwo\n")
+  (tmp_path / "a.de").write_text("eins\n")
+  files = json.dumps({"train": [str(tmp_path / "a.en"), str(tmp_path / "a.de")],
+                      "validation": [str(tmp_path / "a.en"), str(tmp_path / "a.de")],
+                      "test": [str(tmp_path / "a.en"), str(tmp_path / "a.de")]})
+  cmd = [sys.executable, "-m", "xformer.main", "--config=configs/default.py",
+         f"--workdir={tmp_path / 'run'}", "--config.data.dataset=parallel_files",
+         f"--config.data.files={files}", f"--config.data.data_dir={tmp_path / 'tfds'}"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert "differ in length" in out.stderr.strip().splitlines()[-1]
+  out = subprocess.run(cmd + ["--verbosity=1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120, check=False)
+  assert out.returncode != 0 and "Traceback" in out.stderr
+
+
 def test_sequence_edge_cases_are_counted_and_never_nan(small_files):
-  run = run_lib.Run(small_config(small_files), None)
-  src_max, tgt_max = run.lengths.source, run.lengths.target
-  tok = run.tokenizer
+  run, inputs = train.build(small_config(small_files))
+  src_max, tgt_max = inputs.lengths.source, inputs.lengths.target
+  tok = inputs.tokenizer
   word = tok.encode("the")[0]
   cases = {"empty source": ([], tok.encode("a poet .")),
            "exactly max": ([word] * (src_max - 1), [word] * (tgt_max - 1)),  # + EOS = max
@@ -279,10 +308,11 @@ def test_sequence_edge_cases_are_counted_and_never_nan(small_files):
            "10 x max": ([word] * (10 * src_max), [word] * 3)}
   for policy, kept, cut in (("drop", 2, 0), ("truncate", 4, 2)):
     counter = pipeline.OverlongCounter()
-    frame = pipeline.Tokenize("translation", run.lengths, policy, counter)
+    frame = pipeline.Frame(run.task, inputs.lengths, policy, counter)
     framed = [frame.map((np.array(s, np.int32), np.array(t, np.int32)))
               for s, t in cases.values()]
-    examples = [pipeline.PadUnpacked(run.lengths).map(ex) for ex in framed if ex is not None]
+    pad = pipeline.PadUnpacked(run.task.feature_lengths(inputs.lengths))
+    examples = [pad.map(ex) for ex in framed if ex is not None]
     summary = counter.summary()
     assert len(examples) == kept and summary["truncated_overlong"] == cut, (policy, summary)
     assert summary["dropped_overlong"] == 4 - kept
@@ -302,8 +332,9 @@ def test_sequence_edge_cases_are_counted_and_never_nan(small_files):
                                         jax.random.key(1))
   assert np.isfinite(float(metrics["train/loss"])) and _finite(jax.device_get(new_state.params))
   # Evaluation covers every example of a split exactly once, over-long ones truncated.
-  source = run.encoded("validation")
-  batches, counter = run.eval_batches("validation", None)
+  source = inputs.encoded("validation")
+  batches, counter = pipeline.eval_batches(source, task=run.task, lengths=inputs.lengths,
+                                           batch_size=16)
   rows = tokens = 0
   for b in batches:
     rows += int((b["targets_segment_ids"].max(axis=1) > 0).sum())

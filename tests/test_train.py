@@ -16,7 +16,6 @@ import pytest
 from conftest import small_config
 from xformer import average, metric_writer, steps, train
 from xformer.checkpoint import Checkpointer
-from xformer import run as run_lib
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
@@ -26,10 +25,10 @@ def _losses(workdir, key="train/loss"):
 
 
 def test_sharded_step_equals_single_device_step(small_files):
-  run = run_lib.Run(small_config(small_files, **{"mesh.data": 2, "mesh.fsdp": 2,
-                                                 "mesh.tensor": 2}), None)
+  run, inputs = train.build(small_config(small_files, **{"mesh.data": 2, "mesh.fsdp": 2,
+                                                          "mesh.tensor": 2}))
   assert dict(run.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-  it = run.train_iterator()[0]
+  it = inputs.train_iterator()[0]
   batch = next(it)
   state = run.init_state(jax.random.key(0))
   params = jax.device_get(state.params)
@@ -37,9 +36,10 @@ def test_sharded_step_equals_single_device_step(small_files):
   sharded_state, sharded = run.p_train_step(state, run.put_batch(batch, local=True),
                                             jax.random.key(1))
   single_state = steps.TrainState(np.int32(0), params, run.tx.init(params))
-  step = jax.jit(functools.partial(
-      steps.train_step, model=run.model, tx=run.tx, schedule=run.schedule,
-      label_smoothing=run.config.label_smoothing), device=jax.devices()[0])
+  loss_fn = functools.partial(steps.loss_sums, task=run.task, model=run.model,
+                              label_smoothing=run.config.label_smoothing)
+  step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, tx=run.tx,
+                                   schedule=run.schedule), device=jax.devices()[0])
   single_state, single = step(single_state, batch, jax.random.key(1))
   for k in ("train/loss", "train/grad_norm", "train/tokens"):
     np.testing.assert_allclose(sharded[k], single[k], rtol=1e-5, err_msg=k)
@@ -57,10 +57,9 @@ def test_sharded_step_equals_single_device_step(small_files):
 
 def test_gradient_accumulation_equals_the_full_batch(small_files):
   # Without dropout: the micro-batches draw other dropout masks than the full batch would.
-  full = run_lib.Run(small_config(small_files, **{"model.dropout": 0.0}), None)
-  accum = run_lib.Run(small_config(small_files, grad_accum_steps=4, **{"model.dropout": 0.0}),
-                      None)
-  batch = full.put_batch(next(full.train_iterator()[0]), local=True)
+  full, inputs = train.build(small_config(small_files, **{"model.dropout": 0.0}))
+  accum, _ = train.build(small_config(small_files, grad_accum_steps=4, **{"model.dropout": 0.0}))
+  batch = full.put_batch(next(inputs.train_iterator()[0]), local=True)
   sa, a = full.p_train_step(full.init_state(jax.random.key(0)), batch, jax.random.key(1))
   sb, b = accum.p_train_step(accum.init_state(jax.random.key(0)), batch, jax.random.key(1))
   np.testing.assert_allclose(a["train/loss"], b["train/loss"], rtol=1e-5)
@@ -108,9 +107,9 @@ def test_tiny_model_learns_the_task(small_files, tmp_path):
                         checkpoint_every_steps=1000, **{
                             "model.dropout": 0.0, "optimizer.schedule": "cosine",
                             "optimizer.peak_lr": 3e-3, "optimizer.warmup_steps": 30})
-  run = run_lib.Run(config, None)
-  counts = np.zeros(run.tokenizer.vocab_size)
-  for ids in (run.encoded("train")[i][1] for i in range(len(run.encoded("train")))):
+  _, inputs = train.build(config)
+  counts = np.zeros(inputs.tokenizer.vocab_size)
+  for ids in (inputs.encoded("train")[i][1] for i in range(len(inputs.encoded("train")))):
     np.add.at(counts, np.append(ids, 1), 1)  # Targets include EOS (id 1).
   p = counts[counts > 0] / counts.sum()
   unigram_entropy = float(-(p * np.log(p)).sum())
@@ -232,9 +231,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(small_files
 
 def test_chunked_loss_equals_the_full_loss_and_gradients(small_files):
   """loss_chunk: per-chunk logits under jax.checkpoint give the same loss and update."""
-  full = run_lib.Run(small_config(small_files, **{"model.dropout": 0.0}), None)
-  chunked = run_lib.Run(small_config(small_files, loss_chunk=8, **{"model.dropout": 0.0}), None)
-  batch = full.put_batch(next(full.train_iterator()[0]), local=True)
+  full, inputs = train.build(small_config(small_files, **{"model.dropout": 0.0}))
+  chunked, _ = train.build(small_config(small_files, loss_chunk=8, **{"model.dropout": 0.0}))
+  batch = full.put_batch(next(inputs.train_iterator()[0]), local=True)
   sa, a = full.p_train_step(full.init_state(jax.random.key(0)), batch, jax.random.key(1))
   sb, b = chunked.p_train_step(chunked.init_state(jax.random.key(0)), batch, jax.random.key(1))
   for k in ("train/loss", "train/nll", "train/accuracy", "train/tokens", "train/grad_norm"):

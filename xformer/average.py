@@ -3,16 +3,15 @@
   python -m xformer.average --workdir=runs/wmt_base --last=5 --out=runs/wmt_base_avg5
 
 The paper averages the last 5 (base) or 20 (big) checkpoints. The output directory is a
-complete run directory (checkpoint, config, tokenizer): evaluate it, load it in a notebook, or
-start another run from it with --config.init_from.
+complete run directory (checkpoint, config, tokenizer), local or gs://: evaluate it, load it in
+a notebook, or start another run from it with --config.init_from.
 """
-
-import os
-import shutil
 
 import jax
 from absl import app, flags
+from etils import epath
 
+from xformer import cli, errors
 from xformer.checkpoint import Checkpointer, average_params
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to average.")
@@ -20,36 +19,37 @@ _LAST = flags.DEFINE_integer("last", 5, "Number of newest checkpoints to average
 _OUT = flags.DEFINE_string("out", None, "New run directory for the averaged checkpoint.")
 flags.mark_flags_as_required(["workdir", "out"])
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
 
 def average_run(workdir: str, out: str, last: int = 5) -> int:
   """Writes the average of `workdir`'s last `last` checkpoints to `out`; returns its step."""
-  source = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-  if source.latest_step() is None:
-    raise FileNotFoundError(f"No checkpoints in {workdir}.")
+  source = Checkpointer(str(epath.Path(workdir) / "checkpoints"), read_only=True)
   newest = source.latest_step()
-  abstract = source.item_metadata(newest, "params")
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), abstract)
-  params, steps = average_params(source.directory, abstract, last)
-  opt_meta = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                          source.item_metadata(newest, "opt_state"))
-  _, opt_state = source.restore(newest, abstract, opt_meta, None, None, None)
+  if newest is None:
+    raise errors.UserError(f"No checkpoints in {workdir}.")
+  shapes = lambda item: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),  # noqa
+                                     source.item_metadata(newest, item))
+  params, steps = average_params(source.directory, shapes("params"), last)
+  _, opt_state = source.restore(newest, shapes("params"), shapes("opt_state"), None, None, None)
   config = source.restore_config(newest)
   source.close()
-  os.makedirs(out, exist_ok=True)
-  for name in ("tokenizer.model", "tokenizer.json"):
-    if os.path.exists(os.path.join(workdir, name)):
-      shutil.copy(os.path.join(workdir, name), os.path.join(out, name))
-  target = Checkpointer(os.path.join(out, "checkpoints"), keep=None, async_save=False)
+  for name in TOKENIZER_FILES:
+    if (epath.Path(workdir) / name).exists():
+      (epath.Path(out) / name).parent.mkdir(parents=True, exist_ok=True)
+      (epath.Path(workdir) / name).copy(epath.Path(out) / name, overwrite=True)
+  target = Checkpointer(str(epath.Path(out) / "checkpoints"), keep=None, async_save=False)
   target.save(newest, params, opt_state, None, {**config, "averaged_steps": steps})
   target.close()
   print(f"Averaged steps {steps} of {workdir} into {out} (step {newest}).")
   return newest
 
 
+@cli.user_errors
 def main(argv):
   del argv
   average_run(_WORKDIR.value, _OUT.value, _LAST.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

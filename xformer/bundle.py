@@ -2,27 +2,27 @@
 
 `load` restores parameters only (no optimizer state is read), read-only, onto one local device
 of whatever machine runs the notebook: a checkpoint written sharded over 8 devices loads on one
-CPU. The model and tokenizer come from the run itself (the config saved in the checkpoint, the
-tokenizer copied into the workdir), so no dataset is needed.
+CPU. The model is the run's own `Run` (no dataset is read), the tokenizer the copy in the
+workdir. The verbs belong to the run's task: `translate` (translation), `generate` (LM), and
+for every task `score` and `attention_maps`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from etils import epath
 
-from xformer import config_lib, decode, positional
-from xformer import model as model_lib
+from xformer import config_lib, decode, errors, record, sharding
+from xformer import run as run_lib
 from xformer.checkpoint import Checkpointer, average_params
-from xformer.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from xformer.data import pipeline
+from xformer.data.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
@@ -43,6 +43,118 @@ class Scored:
     return float(-self.logprobs.mean())
 
 
+def _bucket(n: int, least: int = 16) -> int:
+  """Next power of two >= n (and >= least): few distinct shapes, few compiles."""
+  return max(least, 1 << max(n - 1, 0).bit_length())
+
+
+class Bundle:
+  """A loaded run: `.config`, `.run` (model, task), `.params`, `.tokenizer` and the verbs."""
+
+  def __init__(self, run: run_lib.Run, params: Any, tokenizer: Tokenizer, step: int,
+               workdir: str, averaged_steps: Sequence[int] = ()):
+    self.run, self.params, self.tokenizer = run, params, tokenizer
+    self.step, self.workdir, self.averaged_steps = step, workdir, list(averaged_steps)
+    self._apply = jax.jit(lambda p, b, mutable: run.task.apply(run.model, p, b, mutable=mutable),
+                          static_argnames=("mutable",))
+
+  config = property(lambda self: self.run.config)
+  model_config = property(lambda self: self.run.model_config)
+  model = property(lambda self: self.run.model)
+
+  def __repr__(self) -> str:
+    avg = f", average of steps {self.averaged_steps}" if self.averaged_steps else ""
+    return (f"Bundle({self.run.task.name}, {self.workdir} step {self.step}{avg}: "
+            f"{self.model_config.posemb} d{self.model_config.d_model}, "
+            f"{self.run.num_params:,} parameters)")
+
+  # --- Helpers the tasks' verbs use --------------------------------------------------------
+
+  def decode_settings(self, **overrides: Any) -> decode.Settings:
+    """The run's decode settings (config.decode) with the given non-None overrides."""
+    base = dataclasses.asdict(decode.Settings(**self.config.decode))
+    return decode.Settings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+  def rows(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, list[int]]:
+    """Token rows [B, L] (0-padded; L and B bucketed) and each row's length."""
+    limit = self.run.position_limit()
+    if limit is not None and max(map(len, ids)) > limit:
+      raise errors.ConfigError(f"A sequence of {max(map(len, ids))} tokens does not fit the "
+                               f"learned position table of {limit}: this model cannot read it.")
+    rows = np.zeros((_bucket(len(ids), 1), _bucket(max(map(len, ids)))), np.int32)
+    for r, x in enumerate(ids):
+      rows[r, :len(x)] = x
+    return rows, [len(x) for x in ids]
+
+  def pieces(self, ids: Sequence[int]) -> list[str]:
+    return [self.tokenizer.sp.id_to_piece(int(i)) for i in ids]
+
+  # --- Verbs -------------------------------------------------------------------------------
+
+  def translate(self, sentences: Sequence[str] | str, beam: int = 4, alpha: float | None = None,
+                max_extra: int | None = None, nbest: bool = False, batch_size: int = 32):
+    """Translations of `sentences` (one string or a list): beam search (beam=1: greedy) with
+    GNMT length penalty `alpha` (default config.decode.alpha), outputs up to `max_extra`
+    tokens longer than the (bucketed) input; `nbest` returns every hypothesis as (text, score)."""
+    out = self.run.task.translate(self, _as_list(sentences), beam=beam, alpha=alpha,
+                                  max_extra=max_extra, nbest=nbest, batch_size=batch_size)
+    return out[0] if isinstance(sentences, str) else out
+
+  def generate(self, prompts: Sequence[str] | str, max_len: int = 128, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int = 0):
+    """Continuations of `prompts` by an LM (seeded; temperature 0 is greedy). max_len counts
+    prompt and continuation together (BOS included)."""
+    out = self.run.task.generate(self, _as_list(prompts), max_len=max_len,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    return out[0] if isinstance(prompts, str) else out
+
+  def _batch(self, sources: Sequence[str], targets: Sequence[str] | None) -> dict[str, Any]:
+    """Teacher-forced batch of examples, framed by the task exactly as in training."""
+    task = self.run.task
+    examples = task.score_examples(self.tokenizer, sources, targets)
+    longest = [max(len(ex[k]) for ex in examples) + 1 for k in range(len(examples[0]))]
+    limit = self.run.position_limit()
+    if limit is not None and max(longest) > limit:
+      raise errors.ConfigError(f"A sequence of {max(longest)} tokens does not fit the learned "
+                               f"position table of {limit}: this model cannot read it.")
+    lengths = pipeline.Lengths(_bucket(longest[0]), _bucket(longest[-1]))
+    frame = pipeline.Frame(task, lengths, "drop", pipeline.OverlongCounter())
+    pad = pipeline.PadUnpacked(task.feature_lengths(lengths))
+    rows = [pad.map(frame.map(tuple(np.asarray(x, np.int32) for x in ex))) for ex in examples]
+    rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * (
+        _bucket(len(rows), 1) - len(rows))
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  def score(self, sources: Sequence[str] | str, targets: Sequence[str] | str | None = None):
+    """Per-token log-probs of each target given its source (translation), or of each text
+    (LM: `score(texts)`). Returns a `Scored` per example (one for a single string)."""
+    batch = self._batch(_as_list(sources), None if targets is None else _as_list(targets))
+    tgt, weights = (np.asarray(x) for x in self.run.task.loss_inputs(batch))  # [B, T] each
+    logp = np.asarray(_token_logprobs(self._apply(self.params, batch, False), tgt))  # [B, T]
+    n = len(_as_list(sources))
+    out = [Scored(self.pieces(tgt[r][weights[r]]), tgt[r][weights[r]].copy(),
+                  logp[r][weights[r]]) for r in range(n)]
+    return out[0] if isinstance(sources, str) else out
+
+  def attention_maps(self, source: str, target: str | None = None) -> dict[str, Any]:
+    """Attention weights of one example, teacher-forced: numpy arrays [layers, heads, queries,
+    keys] per attention kind (`encoder_self`, `decoder_self`, `cross`), and the pieces that
+    label the axes (`source_pieces`, `target_pieces`: decoder inputs, BOS first)."""
+    batch = self._batch([source], None if target is None else [target])
+    _, state = self._apply(self.params, batch, ("intermediates",))
+    return self.run.task.attention_maps(state["intermediates"], batch, self.pieces)
+
+
+def _as_list(texts: Sequence[str] | str) -> list[str]:
+  return [texts] if isinstance(texts, str) else list(texts)
+
+
+@jax.jit
+def _token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
+  return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T]
+
+
 def _resolve(path: str, step: int | None) -> tuple[str, str, int | None]:
   """(run dir, checkpoints dir, step) for a run dir, its checkpoints dir or one step dir
   (local or gs://)."""
@@ -52,208 +164,52 @@ def _resolve(path: str, step: int | None) -> tuple[str, str, int | None]:
   p = epath.Path(path)
   if p.name.isdigit() and p.is_dir():  # .../checkpoints/450
     if step is not None and step != int(p.name):
-      raise ValueError(f"{path} is checkpoint {p.name}, but step={step} was asked for.")
+      raise errors.ConfigError(f"{path} is checkpoint {p.name}, but step={step} was asked for.")
     return str(p.parent.parent), str(p.parent), int(p.name)
   if (p / "checkpoints").is_dir():
     return path, str(p / "checkpoints"), step
   if p.name == "checkpoints" and p.is_dir():
     return str(p.parent), path, step
-  raise FileNotFoundError(f"{path} is neither a run directory (with checkpoints/) nor a "
-                          "checkpoint step directory.")
+  raise errors.UserError(f"{path} is neither a run directory (with checkpoints/) nor a "
+                         "checkpoint step directory.")
 
 
-def _bucket(n: int, least: int = 16) -> int:
-  """Next power of two >= n (and >= least): few distinct shapes, few compiles."""
-  return max(least, 1 << max(n - 1, 0).bit_length())
+def load_run(path: str, step: int | None = None, devices: Sequence[Any] | None = None
+             ) -> tuple[run_lib.Run, Tokenizer, Checkpointer, int, str]:
+  """The `Run` a run directory was trained with (its saved config, its tokenizer), on
+  `devices` (default: one local device), with its Checkpointer and the step to read."""
+  workdir, ckpt_dir, step = _resolve(path, step)
+  ckpt = Checkpointer(ckpt_dir, read_only=True)
+  steps = ckpt.steps()
+  if not steps:
+    raise errors.UserError(f"No checkpoints in {ckpt_dir}.")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise errors.UserError(f"No checkpoint {step} in {ckpt_dir}; it has steps {steps}.")
+  config = record.from_saved(ckpt.restore_config(step))
+  tok_path = epath.Path(workdir) / "tokenizer.model"
+  if not tok_path.exists():
+    raise errors.UserError(f"{tok_path} is missing: the run's tokenizer is needed to read and "
+                           "write text.")
+  tokenizer = Tokenizer.load(str(tok_path))
+  devices = jax.local_devices()[:1] if devices is None else devices
+  mesh = sharding.make_mesh({"data": -1}, devices)
+  run = run_lib.Run(config, config_lib.model_config(config, tokenizer.vocab_size), mesh)
+  return run, tokenizer, ckpt, step, workdir
 
 
-class Bundle:
-  """A loaded run: `.config`, `.params`, `.tokenizer`, `.model` and the notebook verbs."""
-
-  def __init__(self, config: ml_collections.ConfigDict, params: Any, tokenizer: Tokenizer,
-               step: int, workdir: str, averaged_steps: Sequence[int] = ()):
-    self.config, self.params, self.tokenizer = config, params, tokenizer
-    self.step, self.workdir, self.averaged_steps = step, workdir, list(averaged_steps)
-    self.model_config = config_lib.model_config(config, tokenizer.vocab_size)
-    self.model = model_lib.make_model(self.model_config, config.task)
-    self._apply = jax.jit(self.model.apply, static_argnames=("mutable",))
-
-  def __repr__(self) -> str:
-    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
-    avg = f", average of steps {self.averaged_steps}" if self.averaged_steps else ""
-    return (f"Bundle({self.config.task}, {self.workdir} step {self.step}{avg}: "
-            f"{self.model_config.posemb} d{self.model_config.d_model}, {n:,} parameters)")
-
-  @property
-  def is_lm(self) -> bool:
-    return self.config.task == "lm"
-
-  # --- Encoding text ---------------------------------------------------------------------------
-
-  def _limit(self) -> int | None:
-    """Longest sequence the model can take (a learned position table ends), else None."""
-    cls = positional.get(self.model_config.posemb)
-    return self.model_config.max_len if cls.LIMITED_TO_MAX_LEN else None
-
-  def _rows(self, texts: Sequence[str], prefix: Sequence[int], suffix: Sequence[int],
-            batch: int | None = None) -> tuple[np.ndarray, list[int]]:
-    """Token rows [B, L] (0-padded, L and B bucketed) and each row's length."""
-    ids = [list(prefix) + self.tokenizer.encode(t) + list(suffix) for t in texts]
-    limit = self._limit()
-    if limit is not None:
-      long = [len(x) for x in ids if len(x) > limit]
-      if long:
-        raise ValueError(f"A sequence of {max(long)} tokens does not fit the learned position "
-                         f"table of {limit}: this model cannot read it.")
-    length = _bucket(max(len(x) for x in ids))
-    rows = np.zeros((batch or _bucket(len(ids), 1), length), np.int32)
-    for r, x in enumerate(ids):
-      rows[r, :len(x)] = x
-    return rows, [len(x) for x in ids]
-
-  def _pieces(self, ids: Sequence[int]) -> list[str]:
-    return [self.tokenizer.sp.id_to_piece(int(i)) for i in ids]
-
-  def _require(self, task: str, verb: str, instead: str) -> None:
-    if self.config.task != task:
-      raise ValueError(f"{verb}() needs a {task} model; this run is {self.config.task}: "
-                       f"use {instead}() instead.")
-
-  # --- Translation -----------------------------------------------------------------------------
-
-  def translate(self, sentences: Sequence[str] | str, beam: int | None = None,
-                alpha: float | None = None, max_extra: int | None = None,
-                nbest: bool = False, batch_size: int = 32):
-    """Translations of `sentences` (one string or a list).
-
-    Args:
-      beam: beam size (1 = greedy); default 4, the paper's setting.
-      alpha: GNMT length penalty (default config.decode.alpha, the paper's 0.6).
-      max_extra: output may be this many tokens longer than the (bucketed) input
-        (default config.decode.max_extra = 50).
-      nbest: return every beam hypothesis as (text, score), best first.
-
-    Returns:
-      A string per sentence (a list for a list), or lists of (text, score) with nbest.
-    """
-    self._require("translation", "translate", "generate")
-    single = isinstance(sentences, str)
-    sentences = [sentences] if single else list(sentences)
-    beam = 4 if beam is None else beam
-    cfg = self.config.decode
-    alpha = cfg.alpha if alpha is None else alpha
-    max_extra = cfg.max_extra if max_extra is None else max_extra
-    out = []
-    for start in range(0, len(sentences), batch_size):
-      chunk = sentences[start:start + batch_size]
-      rows, _ = self._rows(chunk, (), (EOS_ID,))
-      max_len = rows.shape[1] + max_extra
-      if self._limit() is not None:
-        max_len = min(max_len, self._limit())
-      if beam == 1 and not nbest:
-        tokens = np.asarray(decode.greedy_translate(self.model, self.params, rows, max_len))
-        out += [self.tokenizer.decode(t) for t in tokens[:len(chunk)]]
-        continue
-      tokens, scores = decode.beam_translate(self.model, self.params, rows, max_len, beam, alpha)
-      tokens, scores = np.asarray(tokens), np.asarray(scores)
-      for r in range(len(chunk)):
-        if nbest:
-          out.append([(self.tokenizer.decode(t), float(s))
-                      for t, s in zip(tokens[r], scores[r]) if s > -1e8])
-        else:
-          out.append(self.tokenizer.decode(tokens[r, 0]))
-    return out[0] if single else out
-
-  # --- Language modelling ----------------------------------------------------------------------
-
-  def generate(self, prompts: Sequence[str] | str, max_len: int = 128, temperature: float = 1.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 0):
-    """Continuations of `prompts` by the LM (text after the prompt; seeded, reproducible).
-
-    max_len counts tokens of prompt and continuation together (BOS included).
-    temperature 0 is greedy.
-    """
-    self._require("lm", "generate", "translate")
-    single = isinstance(prompts, str)
-    prompts = [prompts] if single else list(prompts)
-    rows, lengths = self._rows(prompts, (BOS_ID,), ())
-    if self._limit() is not None:
-      max_len = min(max_len, self._limit())
-    if max(lengths) >= max_len:
-      raise ValueError(f"A prompt of {max(lengths)} tokens leaves no room within max_len="
-                       f"{max_len}.")
-    rows = rows[:, :min(rows.shape[1], max_len)]
-    out = decode.sample_lm(self.model, self.params, rows, np.asarray(
-        lengths + [1] * (len(rows) - len(lengths)), np.int32), jax.random.key(seed), max_len,
-        temperature, top_k, top_p)
-    out = np.asarray(out)
-    texts = [self.tokenizer.decode(out[r, n:]) for r, n in enumerate(lengths)]
-    return texts[0] if single else texts
-
-  # --- Scoring and looking inside --------------------------------------------------------------
-
-  def _teacher_forced(self, sources, targets):
-    """Model inputs for scoring: (args, target ids [B, T], lengths)."""
-    if self.is_lm:
-      if targets is not None:
-        raise ValueError("An LM scores texts alone: score(texts).")
-      texts = sources
-      tgt_in, lengths = self._rows(texts, (BOS_ID,), ())
-      tgt, _ = self._rows(texts, (), (EOS_ID,), batch=len(tgt_in))
-      return (tgt_in,), tgt, lengths
-    if targets is None or len(targets) != len(sources):
-      raise ValueError("Translation scoring needs one target per source: score(srcs, tgts).")
-    src, _ = self._rows(sources, (), (EOS_ID,))
-    tgt_in, lengths = self._rows(targets, (BOS_ID,), (), batch=len(src))
-    tgt, _ = self._rows(targets, (), (EOS_ID,), batch=len(src))
-    return (src, tgt_in), tgt, lengths
-
-  def score(self, sources: Sequence[str] | str, targets: Sequence[str] | str | None = None):
-    """Per-token log-probs of each target given its source (translation), or of each text
-    (LM: `score(texts)`). Returns a `Scored` per pair (one for a single string)."""
-    single = isinstance(sources, str)
-    if single:
-      sources = [sources]
-      targets = None if targets is None else [targets]
-    args, tgt, lengths = self._teacher_forced(list(sources), targets)
-    logits = self._apply({"params": self.params}, *args)  # [B, T, V]
-    logp = np.asarray(_token_logprobs(logits, tgt))  # [B, T]
-    out = [Scored(self._pieces(tgt[r, :n]), tgt[r, :n].copy(), logp[r, :n])
-           for r, n in enumerate(lengths)]
-    return out[0] if single else out
-
-  def attention_maps(self, source: str, target: str | None = None) -> dict[str, Any]:
-    """Attention weights of one sentence pair (or one LM text), teacher-forced.
-
-    Returns a dict of numpy arrays [layers, heads, queries, keys] -- `encoder_self`,
-    `decoder_self`, `cross` (translation) or `decoder_self` (LM) -- and the pieces labelling
-    the axes: `source_pieces` (encoder tokens, EOS last) and `target_pieces` (decoder inputs,
-    BOS first: query t predicts target token t).
-    """
-    args, _, lengths = self._teacher_forced([source], None if target is None else [target])
-    _, state = self._apply({"params": self.params}, *args, mutable=("intermediates",))
-    inter = state["intermediates"]
-    n_tgt = lengths[0]
-    out: dict[str, Any] = {"target_pieces": self._pieces(args[-1][0, :n_tgt])}
-
-    def weights(tree):  # Sown under nn.scan: ([L, B, N, T, S],)
-      return np.asarray(tree["attention_weights"][0])[:, 0]  # [L, N, T, S]
-
-    dec = inter["decoder"]["layers"]
-    out["decoder_self"] = weights(dec["self_attention"])[:, :, :n_tgt, :n_tgt]
-    if not self.is_lm:
-      n_src = int((args[0][0] > 0).sum())
-      out["source_pieces"] = self._pieces(args[0][0, :n_src])
-      out["encoder_self"] = weights(inter["encoder"]["layers"]["self_attention"])[
-          :, :, :n_src, :n_src]
-      out["cross"] = weights(dec["cross_attention"])[:, :, :n_tgt, :n_src]
-    return out
-
-
-@functools.partial(jax.jit)
-def _token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
-  return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T]
+def restore_params(run: run_lib.Run, ckpt: Checkpointer, step: int, average_last: int = 1
+                   ) -> tuple[Any, list[int]]:
+  """Parameters of `step` (or the mean of the `average_last` newest up to it) on the run's
+  devices, and the averaged steps."""
+  if average_last <= 1:
+    return ckpt.restore_params(step, run.abstract_params, run.param_shardings), []
+  steps = [s for s in ckpt.steps() if s <= step][-average_last:]
+  if len(steps) < 2:
+    raise errors.UserError(f"average_last needs at least 2 checkpoints; {ckpt.directory} has "
+                           f"{steps} up to step {step}.")
+  params, used = average_params(ckpt.directory, run.abstract_params, steps=steps)
+  return jax.device_put(params, run.param_shardings), used
 
 
 def load(path: str, step: int | None = None, average_last: int = 1) -> Bundle:
@@ -268,35 +224,7 @@ def load(path: str, step: int | None = None, average_last: int = 1) -> Bundle:
   Returns:
     A `Bundle`, parameters on one local device.
   """
-  workdir, ckpt_dir, step = _resolve(path, step)
-  ckpt = Checkpointer(ckpt_dir, read_only=True)
-  steps = ckpt.steps()
-  if not steps:
-    raise FileNotFoundError(f"No checkpoints in {ckpt_dir}.")
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise FileNotFoundError(f"No checkpoint {step} in {ckpt_dir}; it has steps {steps}.")
-  config = ml_collections.ConfigDict(ckpt.restore_config(step))
-  tok_path = os.path.join(workdir, "tokenizer.model")
-  if not epath.Path(tok_path).exists():
-    raise FileNotFoundError(f"{tok_path} is missing: the run's tokenizer is needed to read and "
-                            "write text.")
-  tokenizer = Tokenizer.load(tok_path)
-  model = model_lib.make_model(config_lib.model_config(config, tokenizer.vocab_size),
-                               config.task)
-  abstract = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
-  if average_last > 1:
-    upto = [s for s in steps if s <= step][-average_last:]
-    params, used = _average(ckpt_dir, abstract, upto)
-  else:
-    params, used = ckpt.restore_params(step, abstract), []
+  run, tokenizer, ckpt, step, workdir = load_run(path, step)
+  params, used = restore_params(run, ckpt, step, average_last)
   ckpt.close()
-  return Bundle(config, params, tokenizer, step, workdir, used)
-
-
-def _average(ckpt_dir: str, abstract: Any, steps: list[int]) -> tuple[Any, list[int]]:
-  if len(steps) < 2:
-    raise ValueError(f"average_last needs at least 2 checkpoints; {ckpt_dir} has {steps} up to "
-                     "the requested step.")
-  params, used = average_params(ckpt_dir, abstract, steps=steps)
-  return jax.device_put(params, jax.local_devices()[0]), used
+  return Bundle(run, params, tokenizer, step, workdir, used)

@@ -1,23 +1,33 @@
-"""Shared pieces of the config files: the common sections, arg parsing, validation.
+"""Configs: the sections every config file shares, their validation, and saved configs.
 
-Config files (configs/*.py) are Python: `get_config(arg)` returns a locked ConfigDict, where
-`arg` is the text after the colon in `--config=configs/default.py:posemb=rope,variant=base`.
-Everything is validated by `validate()` before any data is built or anything compiled.
+Config files (configs/*.py) are Python: `get_config(arg)` returns a ConfigDict (locked by the
+flag that loads it), where `arg` is the text after the colon in
+`--config=configs/default.py:posemb=rope,variant=base`. `validate(config)` runs once per start,
+before any data is read or anything compiled, and returns the `ModelConfig`.
+
+config.model holds `variant` (a size of variants.VARIANTS) and every other ModelConfig field;
+its size fields stay None unless set, so the variant decides them. `posemb_kw` holds one entry
+per registered encoding with that encoding's arguments at their defaults, so that
+`--config.model.posemb=rope --config.model.posemb_kw.rope.base=500` is typed and typo-checked.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from typing import Any
+import importlib.util
+import logging
+from typing import Any, Sequence
 
 import ml_collections
+from ml_collections import config_dict
 
-from xformer import optim, positional, variants
+from xformer import decode, errors, optim, positional, tasks, variants
 from xformer.data import datasets, pipeline, text_files, tokenizer
 
-TASKS = ("translation", "lm")
+VERSION = 2  # Of the config layout; 1: model.posemb_kw flat, sizes explicit (before Tasks).
 NAN_POLICIES = ("fail", "skip")
-MODEL_EXTRA = ("variant",)  # Config-only keys of config.model (not ModelConfig fields).
+_SIZE_TYPES = {"dropout": float}
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
@@ -26,38 +36,73 @@ def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
   for part in filter(None, (arg or "").split(",")):
     key, sep, value = part.partition("=")
     if not sep or key not in defaults:
-      raise ValueError(f"config arg {part!r}: expected key=value with key in {sorted(defaults)}.")
+      raise errors.ConfigError(f"config arg {part!r}: expected key=value with key in "
+                               f"{sorted(defaults)}.")
     out[key] = type(defaults[key])(value) if defaults[key] is not None else value
   return out
 
 
-def model_section(variant: str, posemb: str, **overrides: Any) -> ml_collections.ConfigDict:
-  """config.model: every ModelConfig field (vocab_size comes from the tokenizer), plus variant.
+def load_file(path: str, arg: str | None = None,
+              overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file with `key=value` overrides ("model.posemb=rope"),
+  locked: for scripts (sweeps, benchmarks) that build configs the way `--config` flags do."""
+  spec = importlib.util.spec_from_file_location("xformer_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  config.lock()
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise errors.ConfigError(f"Override {item!r}: expected key=value.")
+    *parents, last = key.split(".")
+    try:
+      node = config
+      for name in parents:
+        node = node[name]
+      try:
+        value = text if isinstance(node[last], str) else ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text  # A plain string ("rope") for a field that is None now.
+      node[last] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise errors.ConfigError(f"Override {item!r}: {e}") from e
+  return config
 
-  The encoding's own keyword arguments are pre-filled with their defaults, so that
-  `--config.model.posemb_kw.base=500` is a typed, typo-checked override.
-  """
-  fields = dataclasses.asdict(variants.variant(variant, posemb=posemb, **overrides))
-  fields.pop("vocab_size")
-  cls = positional.get(posemb)
-  fields["posemb_kw"] = {f.name: f.default for f in dataclasses.fields(cls)
-                         if f.name in positional.kwarg_names(posemb)}
-  fields["posemb_kw"].update(dict(overrides.get("posemb_kw", {})))
-  section = ml_collections.ConfigDict(fields)
+
+def model_section(variant: str, posemb: str, **fields: Any) -> ml_collections.ConfigDict:
+  """config.model: the variant, every ModelConfig field but vocab_size (the tokenizer's), the
+  size fields None (the variant's) unless given in `fields`."""
+  section = ml_collections.ConfigDict()
   section.variant = variant
-  section.src_vocab_size = ml_collections.config_dict.placeholder(int)
-  section.head_dim = ml_collections.config_dict.placeholder(int)
-  section.attention_impl = ml_collections.config_dict.placeholder(str)
+  for f in dataclasses.fields(variants.ModelConfig):
+    if f.name in variants.SIZE_FIELDS:
+      section[f.name] = config_dict.placeholder(_SIZE_TYPES.get(f.name, int))
+    elif f.name == "head_dim":
+      section[f.name] = config_dict.placeholder(int)
+    elif f.name == "posemb_kw":
+      section[f.name] = {name: positional.default_kwargs(name) for name in positional.names()}
+    elif f.name != "vocab_size":
+      section[f.name] = f.default
+  section.posemb = posemb
+  kwargs = fields.pop("posemb_kw", {})
+  unknown = set(fields) - set(section)
+  if unknown:
+    raise errors.ConfigError(f"model_section: unknown model fields {sorted(unknown)}.")
+  section.update(fields)
+  for name, values in kwargs.items():
+    section.posemb_kw[name].update(values)
   return section
 
 
 def common(task: str) -> ml_collections.ConfigDict:
   """The sections every config shares, at their defaults."""
   c = ml_collections.ConfigDict()
+  c.version = VERSION
   c.task = task
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      dataset="xformer_translation" if task == "translation" else "xformer_pydoc",
+      dataset=tasks.get(task).default_dataset,
       # files: JSON {split: [source, target] | [tsv] | [text files]} for the *_files datasets.
       data_dir="", download=True, files="", source_lang="en", target_lang="de",
       on_bad_line="skip", max_chars=10_000, max_source_len=64, max_target_len=64, pack=True,
@@ -71,6 +116,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1
   c.num_train_steps = 1000
   c.label_smoothing = 0.1
+  c.fused_loss = True  # losses.fused_cross_entropy; False: autodiff of losses.cross_entropy.
   # >0: the training loss projects to the vocabulary this many target positions at a time and
   # never holds the whole [B, T, V] logits (large vocabularies); must divide max_target_len.
   c.loss_chunk = 0
@@ -85,7 +131,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.restore_step = -1  # Resume from this step instead of the latest (-1).
   c.nan_policy = "fail"
   c.max_consecutive_skips = 5
-  # Drills: make steps fail on purpose (NaN loss, gradient spike); see steps.Faults.
+  # Drills: make steps fail on purpose (NaN loss, gradient spike); see xformer/faults.py.
   c.faults = ml_collections.ConfigDict(dict(nan_at_step=-1, nan_steps=1, spike_at_step=-1,
                                             spike=1e6))
   c.log_every_steps = 50
@@ -94,50 +140,92 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.bleu_examples = 200  # Validation examples translated for BLEU during training.
   c.test_bleu_examples = 0  # Test examples translated at the end (0: all, -1: none).
   c.eval_batch_size = 128
-  c.decode = ml_collections.ConfigDict(dict(beam_size=1, alpha=0.6, max_extra=50))
+  c.decode = ml_collections.ConfigDict(dataclasses.asdict(decode.Settings()))
   c.num_samples_to_print = 3
   return c
 
 
-def _choice(name: str, value: Any, valid) -> None:
-  if value not in valid:
-    raise ValueError(f"config.{name}={value!r} is not valid; choose one of {list(valid)}.")
-
-
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> variants.ModelConfig:
-  """The ModelConfig of `config.model` with the tokenizer's vocabulary size."""
-  fields = {k: v for k, v in config.model.to_dict().items() if k not in MODEL_EXTRA}
-  return variants.ModelConfig(vocab_size=vocab_size, **fields)
+  """The ModelConfig of config.model (sizes from its variant) with vocabulary `vocab_size`."""
+  section = config.model.to_dict()
+  fields = {k: v for k, v in section.items() if k not in ("variant", "posemb_kw")
+            and not (k in variants.SIZE_FIELDS and v is None)}
+  kwargs = section["posemb_kw"].get(section["posemb"], {})
+  return variants.variant(section["variant"], vocab_size=vocab_size, posemb_kw=kwargs, **fields)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Every check that needs no data and no compile. Raises ValueError / KeyError with the fix."""
-  _choice("task", config.task, TASKS)
-  datasets.DATASETS.get(config.data.dataset)  # KeyError listing valid names.
-  _choice("data.on_bad_line", config.data.on_bad_line, text_files.BAD_LINE_POLICIES)
-  _choice("data.overlong", config.data.overlong, pipeline.OVERLONG_POLICIES)
-  _choice("optimizer.schedule", config.optimizer.schedule, optim.SCHEDULES)
-  _choice("nan_policy", config.nan_policy, NAN_POLICIES)
-  _choice("tokenizer.model_type", config.tokenizer.model_type, tokenizer.MODEL_TYPES)
-  model_config(config, vocab_size=8)  # Validates posemb, its kwargs, norms, dtypes...
-  if config.model.posemb == "learned":
-    longest = config.data.max_target_len if config.task == "lm" else max(
-        config.data.max_source_len, config.data.max_target_len)
-    if longest > config.model.max_len:
-      raise ValueError(f"model.posemb='learned' has a table of model.max_len="
-                       f"{config.model.max_len} positions but data lengths go to {longest}.")
-  if config.model.attention_impl in ("cudnn", "xla_lengths") and config.data.pack:
-    raise ValueError(f"model.attention_impl={config.model.attention_impl!r} describes rows by "
-                     "their lengths, which packed rows do not have: set data.pack=False (or "
-                     "use the default XLA attention).")
+def validate(config: ml_collections.ConfigDict) -> variants.ModelConfig:
+  """Every check that needs no data, no devices and no compile; returns the ModelConfig (with
+  the requested vocabulary size until the tokenizer gives the real one). Raises ConfigError or
+  UnknownNameError with the fix."""
+  task = tasks.get(config.task)
+  spec = datasets.spec(config.data.dataset)
+  if spec.kind != task.data_kind:
+    raise errors.ConfigError(f"config.task={config.task!r} reads {task.data_kind} data, but "
+                             f"data.dataset={config.data.dataset!r} is a {spec.kind} dataset.")
+  splits = spec.split_names(config.data)
+  for key in ("eval_split", "test_split"):
+    if config.data[key] not in splits:
+      raise errors.ConfigError(
+          f"data.{key}={config.data[key]!r}: dataset {config.data.dataset!r} has no such "
+          f"split; it has {list(splits)}. Set --config.data.{key}=<one of those>.")
+  errors.check_choice("data.on_bad_line", config.data.on_bad_line, text_files.BAD_LINE_POLICIES)
+  errors.check_choice("data.overlong", config.data.overlong, pipeline.OVERLONG_POLICIES)
+  errors.check_choice("optimizer.schedule", config.optimizer.schedule, optim.SCHEDULES)
+  errors.check_choice("nan_policy", config.nan_policy, NAN_POLICIES)
+  errors.check_choice("tokenizer.model_type", config.tokenizer.model_type, tokenizer.MODEL_TYPES)
+  cfg = model_config(config, config.tokenizer.vocab_size)
+  task.check(cfg)
+  _check_lengths(config, task, cfg)
+  _check_counts(config)
+  return cfg
+
+
+def _check_lengths(config, task, cfg: variants.ModelConfig) -> None:
+  settings = decode.Settings(**config.decode)
+  longest = task.longest_position(config.data, settings)
+  if positional.get(cfg.posemb).LIMITED_TO_MAX_LEN and longest > cfg.max_len:
+    raise errors.ConfigError(
+        f"model.posemb={cfg.posemb!r} has a table of model.max_len={cfg.max_len} positions, but "
+        f"this run reads sequences of up to {longest} tokens (data lengths, and for translation "
+        f"max_source_len + decode.max_extra = {config.data.max_source_len} + "
+        f"{settings.max_extra}). Set --config.model.max_len={longest} or shorten those.")
+  if cfg.attention_impl in ("cudnn", "xla_lengths") and config.data.pack:
+    raise errors.ConfigError(
+        f"model.attention_impl={cfg.attention_impl!r} describes rows by their lengths, which "
+        "packed rows do not have: set data.pack=False (or use attention_impl='xla').")
   if config.loss_chunk < 0 or (config.loss_chunk and config.data.max_target_len %
                                 config.loss_chunk):
-    raise ValueError(f"loss_chunk={config.loss_chunk} must be 0 or divide "
-                     f"data.max_target_len={config.data.max_target_len}.")
-  if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by "
-                     f"grad_accum_steps={config.grad_accum_steps}.")
+    raise errors.ConfigError(f"loss_chunk={config.loss_chunk} must be 0 or divide "
+                             f"data.max_target_len={config.data.max_target_len}.")
+
+
+def _check_counts(config) -> None:
   for key in ("num_train_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
-              "eval_every_steps"):
+              "eval_every_steps", "eval_batch_size", "grad_accum_steps"):
     if config[key] <= 0:
-      raise ValueError(f"config.{key} must be positive, got {config[key]}.")
+      raise errors.ConfigError(f"config.{key} must be positive, got {config[key]}.")
+  if config.batch_size % config.grad_accum_steps:
+    raise errors.ConfigError(f"batch_size={config.batch_size} is not divisible by "
+                             f"grad_accum_steps={config.grad_accum_steps}.")
+  if config.decode.beam_size < 1:
+    raise errors.ConfigError(f"decode.beam_size must be >= 1, got {config.decode.beam_size}.")
+
+
+def check_mesh(config: ml_collections.ConfigDict, mesh_shape: dict[str, int],
+               process_count: int) -> None:
+  """Batch sizes the mesh must divide (after the mesh is built, before any data is read)."""
+  rows = mesh_shape["data"] * mesh_shape["fsdp"]  # Devices a batch is split over.
+  if config.batch_size % rows:
+    raise errors.ConfigError(
+        f"batch_size={config.batch_size} rows cannot be split over the mesh's {rows} data x "
+        f"fsdp devices ({mesh_shape}): use a multiple of {rows}.")
+  micro = config.batch_size // config.grad_accum_steps
+  if micro % rows:  # Works, but each micro-batch is resharded: slow on accelerators.
+    logging.warning("batch_size / grad_accum_steps = %d rows per micro-batch is not a multiple "
+                    "of the %d batch devices: every micro-batch will be resharded.", micro, rows)
+  shards = config.data.num_shards or process_count
+  if shards % process_count or config.batch_size % shards:
+    raise errors.ConfigError(
+        f"data.num_shards={shards} must be a multiple of the {process_count} processes and "
+        f"divide batch_size={config.batch_size}.")

@@ -1,11 +1,13 @@
-"""Decoding with the KV cache: greedy (beam search and sampling build on the same step).
+"""Decoding with the KV cache: greedy and beam-search translation, LM sampling.
 
 Every decoder here runs the model one token per step against its cache (`model.init_cache`
 gives an empty one), inside a `lax.while_loop` that stops when every row has produced EOS.
+`translate` is the one dispatcher (greedy or beam) every caller goes through.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -19,46 +21,85 @@ from xformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 Array = jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How translations are decoded (config.decode): `beam_size` hypotheses (1: greedy), GNMT
+  length penalty `alpha`, outputs up to `max_extra` tokens longer than their source."""
+
+  beam_size: int = 1
+  alpha: float = 0.6
+  max_extra: int = 50
+
+
+def _translation_step(model: model_lib.Transformer, params: Any, encoded: Array,
+                      src_segments: Array):
+  """The cached decoder step of a translation model: (cache, tokens [B, 1]) -> (logits [B, V],
+  cache)."""
+
+  def step_fn(cache, token):
+    logits, state = model.apply({"params": params, "cache": cache}, encoded, src_segments,
+                                token, decode=True, method="decode", mutable=["cache"])
+    return logits[:, -1], state["cache"]
+
+  return step_fn
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_len"))
 def greedy_translate(model: model_lib.Transformer, params: Any, src: Array,
-                     max_len: int) -> Array:
+                     max_len: int) -> tuple[Array, Array]:
   """Greedy translation of source rows src [B, S] (0-padded, EOS-terminated).
 
   Returns:
-    [B, max_len] int32 output tokens, EOS included, 0 after it.
+    (tokens [B, max_len] int32 with EOS and 0 after it, log-probabilities [B] of the outputs).
   """
   batch = src.shape[0]
   src_segments = masks.segments_from_tokens(src)
   encoded = model.apply({"params": params}, src, method="encode")  # [B, S, D]
   cache = model_lib.init_cache(model, batch, max_len)
-
-  def step_fn(cache, token):
-    logits, state = model.apply({"params": params, "cache": cache}, encoded, src_segments,
-                                token, decode=True, method="decode", mutable=["cache"])
-    return logits[:, -1], state["cache"]  # [B, V]
-
-  return _greedy_loop(step_fn, cache, batch, max_len)
+  return _greedy_loop(_translation_step(model, params, encoded, src_segments), cache, batch,
+                      max_len)
 
 
-def _greedy_loop(step_fn, cache, batch: int, max_len: int) -> Array:
+def _greedy_loop(step_fn, cache, batch: int, max_len: int) -> tuple[Array, Array]:
   out = jnp.zeros((batch, max_len), jnp.int32)
   token = jnp.full((batch, 1), BOS_ID, jnp.int32)
   done = jnp.zeros((batch,), bool)
+  logp = jnp.zeros((batch,), jnp.float32)
 
   def cond(carry):
-    i, _, _, _, done = carry
+    i, _, _, _, done, _ = carry
     return (i < max_len) & ~jnp.all(done)
 
   def body(carry):
-    i, cache, token, out, done = carry
+    i, cache, token, out, done, logp = carry
     logits, cache = step_fn(cache, token)
     nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B]
+    chosen = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)),
+                                 nxt[:, None], axis=-1)[:, 0]  # [B]
+    logp = logp + jnp.where(done, 0.0, chosen)
     nxt = jnp.where(done, PAD_ID, nxt)
     out = out.at[:, i].set(nxt)
-    return i + 1, cache, nxt[:, None], out, done | (nxt == EOS_ID)
+    return i + 1, cache, nxt[:, None], out, done | (nxt == EOS_ID), logp
 
-  _, _, _, out, _ = jax.lax.while_loop(cond, body, (0, cache, token, out, done))
-  return out
+  carry = (0, cache, token, out, done, logp)
+  _, _, _, out, _, logp = jax.lax.while_loop(cond, body, carry)
+  return out, logp
+
+
+def translate(model: model_lib.Transformer, params: Any, src: Array, *, max_len: int,
+              beam: int = 1, alpha: float = 0.6) -> tuple[Array, Array]:
+  """The one decode dispatcher of translation (training's BLEU, the evaluate CLI, notebooks).
+
+  Greedy for beam 1 (score: the output's log-probability), else beam search (scores: logP /
+  GNMT length penalty).
+
+  Returns:
+    (tokens [B, K, max_len], scores [B, K]), best first; K = beam.
+  """
+  if beam == 1:
+    tokens, logp = greedy_translate(model, params, src, max_len)
+    return tokens[:, None], logp[:, None]
+  return beam_translate(model, params, src, max_len, beam, alpha)
 
 
 def length_penalty(length: Array, alpha: float) -> Array:
@@ -141,13 +182,8 @@ def beam_translate(model: model_lib.Transformer, params: Any, src: Array, max_le
   src_segments = masks.segments_from_tokens(src)
   encoded = model.apply({"params": params}, src, method="encode")  # [B*K, S, D]
   cache = model_lib.init_cache(model, batch * beam, max_len)
-
-  def step_fn(cache, token):
-    logits, state = model.apply({"params": params, "cache": cache}, encoded, src_segments,
-                                token, decode=True, method="decode", mutable=["cache"])
-    return logits[:, -1], state["cache"]
-
-  return beam_search_loop(step_fn, cache, batch, beam, max_len, alpha)
+  return beam_search_loop(_translation_step(model, params, encoded, src_segments), cache, batch,
+                          beam, max_len, alpha)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "beam", "alpha"))
@@ -173,7 +209,7 @@ def recompute_translate(model: model_lib.Transformer, params: Any, src: Array, m
     return logits, {"tokens": tokens, "i": state["i"] + 1}  # [B*K, V]
 
   if beam == 1:
-    return _greedy_loop(step_fn, state, batch, max_len)
+    return _greedy_loop(step_fn, state, batch, max_len)[0]
   return beam_search_loop(step_fn, state, batch, beam, max_len, alpha)
 
 

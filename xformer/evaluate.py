@@ -1,16 +1,40 @@
-"""Evaluation: loss and perplexity over a split, BLEU of decoded translations."""
+"""Evaluation of a run, and the command that evaluates a finished one.
+
+  python -m xformer.evaluate --workdir=runs/wmt_base --average_last=5 --split=test --beam=4
+
+One module for training's periodic evaluation, this command and notebooks: loss and perplexity
+over a split, plus the task's own metrics (translation: sacreBLEU with its signature and the
+tokenized BLEU papers report; LM with --thorough: perplexity past the trained length). The
+command prints them and writes them as JSON into the workdir.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import math
+import re
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import numpy as np
 import sacrebleu
 
-from xformer.data import pipeline
-from xformer.data.tokenizer import Tokenizer
+from xformer import decode
+
+_WARNED_TOKENIZED = []
+
+
+@dataclasses.dataclass
+class Context:
+  """What evaluating a split needs: the run (model, mesh, jitted steps), its inputs (dataset,
+  tokenizer), how to decode, and the rows per batch (a multiple of the batch devices)."""
+
+  run: Any
+  inputs: Any
+  decode: decode.Settings
+  batch_size: int
 
 
 def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
@@ -28,82 +52,139 @@ def accumulate(batches: Iterable[dict[str, np.ndarray]],
   """Sums eval_fn's token sums over batches."""
   total: dict[str, float] = {}
   for batch in batches:
-    sums = jax.device_get(eval_fn(batch))
-    for k, v in sums.items():
+    for k, v in jax.device_get(eval_fn(batch)).items():
       total[k] = total.get(k, 0.0) + float(v)
   return total
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-  """Corpus BLEU (sacrebleu, its default 13a tokenisation) of detokenized text."""
-  return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
+def evaluate(ctx: Context, params: Any, split: str, *, loss_limit: int | None,
+             metric_limit: int | None, num_samples: int = 0,
+             thorough: bool = False) -> dict[str, float]:
+  """Loss and perplexity over `split` (its first loss_limit examples; 0/None: all), and the
+  task's metrics over its first metric_limit (-1: none) examples."""
+  batches = ctx.inputs.eval_batches(split, loss_limit)
+  sums = accumulate((ctx.run.put_batch(b) for b in batches),
+                    lambda b: ctx.run.p_eval_step(params, b))
+  metrics = summarize(sums, split)
+  if metric_limit != -1:
+    metrics.update(ctx.run.task.eval_metrics(ctx, params, split, metric_limit or None,
+                                             num_samples=num_samples, thorough=thorough))
+  return metrics
 
 
-def translate_split(dataset, split: str, encoded: pipeline.EncodedSource, tokenizer: Tokenizer,
-                    translate_fn: Callable[[np.ndarray], np.ndarray], *, max_source_len: int,
-                    batch_size: int, limit: int | None = None
-                    ) -> tuple[list[str], list[str], list[str]]:
-  """Translates a split in batches; returns (sources, hypotheses, references) as text.
+def bleu_scores(hypotheses: Sequence[str], references: Sequence[str], *, lang: str,
+                pretokenized: bool = False) -> dict[str, Any]:
+  """BLEU two ways: `bleu`, sacreBLEU on the text (13a tokenisation; `signature` says how), and
+  `bleu_tokenized`, the number Vaswani et al. report: multi-bleu on Moses-tokenized text with
+  hyphenated compounds split (tensor2tensor's get_ende_bleu.sh, "a-b" -> "a ##AT##-##AT## b").
 
-  Over-long sources are truncated (every example is translated and scored).
+  `pretokenized` text (the embedded synthetic task: "the poet sings .") is scored as it is;
+  sacreBLEU's warning that it "looks tokenized" is then expected and silenced.
   """
-  n = len(encoded) if not limit else min(limit, len(encoded))
-  srcs, hyps, refs = [], [], []
-  lengths = pipeline.Lengths(max_source_len, max_source_len)
-  frame = pipeline.Tokenize("translation", lengths, "truncate", pipeline.OverlongCounter())
-  for start in range(0, n, batch_size):
-    indices = range(start, min(start + batch_size, n))
-    rows = np.zeros((batch_size, max_source_len), np.int32)  # Fixed shape: one compile.
-    for r, i in enumerate(indices):
-      ids = frame.map(encoded[i])["inputs"]
-      rows[r, :len(ids)] = ids
-    out = np.asarray(translate_fn(rows))
-    for r, i in enumerate(indices):
-      src, ref = dataset.example(split, i)
-      srcs.append(src)
-      refs.append(ref)
-      hyps.append(tokenizer.decode(out[r]))
-  return srcs, hyps, refs
+  hyps, refs = list(hypotheses), list(references)
+  if pretokenized and not _WARNED_TOKENIZED:
+    _WARNED_TOKENIZED.append(True)
+    from xformer.metric_writer import log_line  # pylint: disable=import-outside-toplevel
+    log_line("BLEU: this dataset's text is already tokenized (\"word .\"); sacreBLEU scores it "
+             "as it is (its 'tokenized period' warning does not apply).")
+  sacre = sacrebleu.BLEU()
+  score = sacre.corpus_score(hyps, [refs]) if not pretokenized else sacrebleu.corpus_bleu(
+      hyps, [refs], force=True)
+  tokenized = sacrebleu.corpus_bleu([_t2t_tokens(h, lang) for h in hyps],
+                                    [[_t2t_tokens(r, lang) for r in refs]], tokenize="none",
+                                    force=True)
+  return {"bleu": float(score.score), "bleu_tokenized": float(tokenized.score),
+          "signature": str(sacre.get_signature())}
 
 
-# --- Length generalisation -----------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _moses(lang: str):
+  from sacremoses import MosesTokenizer  # pylint: disable=import-outside-toplevel
+  return MosesTokenizer(lang=lang)
 
 
-def token_windows(token_lists: Sequence[Sequence[int]], window: int, bos: int) -> np.ndarray:
-  """Non-overlapping windows [N, window] of the concatenated texts (each text BOS-prefixed,
-  EOS-ended by the caller): every window is full length, the remainder is dropped."""
-  stream = np.concatenate([np.asarray([bos] + list(t), np.int32) for t in token_lists])
-  n = len(stream) // (window + 1)
-  # Inputs window tokens and their next tokens as targets: rows of window + 1.
-  return stream[:n * (window + 1)].reshape(n, window + 1)
+def _t2t_tokens(text: str, lang: str) -> str:
+  """Moses tokenization (escape off) and the compound split of tensor2tensor's BLEU script."""
+  tokens = _moses(lang).tokenize(text, escape=False, return_str=True)
+  return re.sub(r"(\S)-(\S)", r"\1 ##AT##-##AT## \2", tokens)
 
 
-def position_nll(logits_fn: Callable[[np.ndarray], Any], windows: np.ndarray,
-                 batch_size: int = 8) -> np.ndarray:
-  """Mean next-token NLL at each position [window] over rows [N, window + 1] of `windows`.
-
-  `logits_fn(tokens [B, window]) -> logits [B, window, V]` is the LM (full causal pass).
-  """
-  total = np.zeros(windows.shape[1] - 1)
-  for start in range(0, len(windows), batch_size):
-    rows = windows[start:start + batch_size]
-    logits = np.asarray(jax.device_get(logits_fn(rows[:, :-1])), np.float32)
-    logits = logits - logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    total += -np.take_along_axis(logp, rows[:, 1:, None], -1)[..., 0].sum(0)
-  return total / max(len(windows), 1)
+def write_json(path: str, payload: dict[str, Any]) -> None:
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  epath.Path(path).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
-def bucket_perplexity(nll: np.ndarray, edges: Sequence[int]) -> dict[str, float]:
-  """Perplexity of positions [edges[i], edges[i+1]) of a per-position NLL curve."""
-  out = {}
-  for lo, hi in zip(edges[:-1], edges[1:]):
-    if hi <= len(nll):
-      out[f"{lo}-{hi}"] = math.exp(min(float(nll[lo:hi].mean()), 50.0))
-  return out
+def evaluate_workdir(workdir: str, *, step: int | None = None, average_last: int = 1,
+                     split: str | None = None, limit: int = 0, data_dir: str = "",
+                     **decode_overrides: Any) -> dict[str, Any]:
+  """Evaluates a finished (or running) run's checkpoint, averaged over its `average_last`
+  newest, on `split` (default: the config's test split); writes and returns the report."""
+  from xformer import bundle, record  # pylint: disable=import-outside-toplevel
+  from xformer.data.inputs import Inputs  # pylint: disable=import-outside-toplevel
+  run, _, ckpt, step, workdir = bundle.load_run(workdir, step, devices=jax.local_devices())
+  params, used = bundle.restore_params(run, ckpt, step, average_last)
+  ckpt.close()
+  config = run.config
+  if data_dir:
+    config.data.data_dir = data_dir
+  split = split or config.data.test_split
+  settings = dataclasses.replace(decode.Settings(**config.decode), **{
+      k: v for k, v in decode_overrides.items() if v is not None})
+  ctx = Context(run, Inputs(config, run.task, workdir), settings, config.eval_batch_size)
+  metrics = evaluate(ctx, params, split, loss_limit=limit, metric_limit=limit, thorough=True)
+  report = {"workdir": workdir, "step": step, "averaged_steps": used, "split": split,
+            "limit": limit or None, "decode": dataclasses.asdict(settings), "metrics": metrics}
+  if f"{split}/bleu" in metrics:
+    report["sacrebleu_signature"] = str(sacrebleu.BLEU().get_signature())
+  name = f"eval_{split}_step{step}" + (f"_avg{len(used)}" if used else "") + (
+      f"_beam{settings.beam_size}_limit{limit}" if limit else f"_beam{settings.beam_size}")
+  write_json(f"{workdir}/{name}.json", report)
+  report["path"] = f"{workdir}/{name}.json"
+  return report
 
 
-def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-  """Fraction of hypotheses equal to their reference (whitespace-normalised)."""
-  same = sum(" ".join(h.split()) == " ".join(r.split()) for h, r in zip(hypotheses, references))
-  return same / max(len(references), 1)
+def format_report(report: dict[str, Any]) -> str:
+  lines = [f"{report['workdir']} step {report['step']}"
+           + (f" (average of {report['averaged_steps']})" if report["averaged_steps"] else "")
+           + f", split {report['split']}" + (f", first {report['limit']}" if report["limit"]
+                                            else "") + f", decode {report['decode']}"]
+  for key, value in report["metrics"].items():
+    lines.append(f"  {key:28s} {'n/a' if math.isnan(value) else f'{value:.4f}'}")
+  if "sacrebleu_signature" in report:
+    lines.append(f"  sacreBLEU signature: {report['sacrebleu_signature']}")
+  lines.append(f"written to {report['path']}")
+  return "\n".join(lines)
+
+
+def define_flags() -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("workdir", None, "Run directory (or one checkpoint step dir).")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+  flags.DEFINE_integer("average_last", 1, "Average this many newest checkpoints (paper: 5).")
+  flags.DEFINE_string("split", None, "Split to evaluate (default: the config's test split).")
+  flags.DEFINE_integer("beam", None, "Beam size (default: the run's config.decode.beam_size).")
+  flags.DEFINE_float("alpha", None, "Length penalty (default: the run's, 0.6).")
+  flags.DEFINE_integer("max_extra", None, "Output up to this many tokens past the source.")
+  flags.DEFINE_integer("limit", 0, "Only the first N examples (0: all).")
+  flags.DEFINE_string("data_dir", "", "Where the dataset is (default: the run's data_dir).")
+  flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+  report = evaluate_workdir(f.workdir, step=f.step, average_last=f.average_last, split=f.split,
+                            limit=f.limit, data_dir=f.data_dir, beam_size=f.beam, alpha=f.alpha,
+                            max_extra=f.max_extra)
+  print(format_report(report), flush=True)
+
+
+if __name__ == "__main__":
+  # The library module (not this __main__ copy) runs, so tasks and the CLI share one module.
+  from absl import app  # pylint: disable=ungrouped-imports
+  from xformer import cli, host_memory
+  from xformer import evaluate as _lib
+  host_memory.reexec_with_tunables()
+  _lib.define_flags()
+  app.run(cli.user_errors(_lib.main), flags_parser=cli.parse_flags)

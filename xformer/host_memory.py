@@ -2,18 +2,17 @@
 
 XLA:CPU allocates every temporary buffer of a step afresh and frees it at the end (a few hundred
 MB per step for a small Transformer). With glibc's defaults the large ones are mmap'd and freed
-memory is handed back to the kernel, so each step page-faults all of it in again: measured with
-`perf` on the 2-core CPU box, 20% of a train step's CPU time was the kernel zeroing and mapping
-pages (3.8M page faults in 30 s). These tunables keep freed memory in the process and back the
-heap with transparent huge pages: page faults drop ~20x and the d256 train step runs ~25% faster
-(`benchmarks/peer_torch.py`; figures in benchmarks/README.md). torch's eager step gains ~5%.
+memory is handed back to the kernel, so each step page-faults all of it in again (`perf` showed
+a large share of a CPU train step's time in the kernel zeroing and mapping pages). These
+tunables keep freed memory in the process and back the heap with transparent huge pages, so the
+faults mostly disappear; benchmarks/README.md has the measured effect on step time.
 
 glibc reads GLIBC_TUNABLES only at process start, hence the re-exec: `os.execv` keeps the pid,
 arguments and environment (plus the tunables), so launchers, signal handlers set up by a parent
 and `jax.distributed` see the same process. Nothing happens when GLIBC_TUNABLES is already set
 (the user's choice wins; also stops a second re-exec), off glibc Linux, or with XFORMER_MALLOC=0.
-The cost is one interpreter start and package import (~1.5 s) and a resident set that stays at
-its peak instead of shrinking between steps, as with tcmalloc or jemalloc.
+The cost is one more interpreter start and package import, and a resident set that stays at its
+peak instead of shrinking between steps, as with tcmalloc or jemalloc.
 """
 
 from __future__ import annotations

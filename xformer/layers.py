@@ -42,8 +42,7 @@ def matmul_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None
   x [..., *K] against w [*K, *F] (contracting x's trailing and w's leading axes, no batch axes)
   becomes [prod(...), prod(K)] @ [prod(K), prod(F)]. The result is the same, but XLA:CPU then
   emits plain GEMMs forwards and backwards (the weight gradient is x^T dy) instead of
-  dot_generals over 3-D and 4-D operands with layout copies around them. Interleaved A/B runs of
-  the d256 and base train steps on the 2-core CPU: 5-7% faster (median of 12-15 steps).
+  dot_generals over 3-D and 4-D operands with layout copies around them (benchmarks/README.md).
   Anything else goes to `lax.dot_general` unchanged.
   """
   (lc, rc), (lb, rb) = dimension_numbers
@@ -58,28 +57,31 @@ def matmul_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None
   return out.reshape(*lhs.shape[:lhs.ndim - k], *rhs.shape[k:])
 
 
-def tied_logits(x: Array, table: Array) -> Array:
+def tied_logits(x: Array, table: Array, fused: bool = False) -> Array:
   """Logits against a tied embedding table: x [..., D] @ table[V, D]^T -> [..., V] float32.
 
-  Computed in x's dtype with float32 accumulation, as 2-D GEMMs with the backward pass written
-  out: d_x = d_logits @ table and d_table = (x^T @ d_logits)^T. Autodiff would form
-  d_table = d_logits^T @ x, for which XLA:CPU first writes the [V, B*T] transpose of d_logits
-  (the largest array of the step, recomputed in that layout); here only the small x and the
-  [D, V] result are transposed. On the 2-core CPU this took the output projection and loss of
-  the d256 benchmark step (B*T = 1024, V = 8000) from 133 ms to 113 ms (forward and backward).
+  Computed in x's dtype with float32 accumulation. `fused=True` runs the same product with its
+  backward pass written out as 2-D GEMMs: d_x = d_logits @ table and d_table = (x^T @
+  d_logits)^T. Autodiff forms d_table = d_logits^T @ x, for which XLA:CPU first writes the
+  [V, B*T] transpose of d_logits, the largest array of the step; the written-out pass transposes
+  only the small x and the [D, V] result. Same numbers either way (tests/test_losses.py);
+  benchmarks/README.md has what it saves where.
   """
-  return _tied_logits(x, table.astype(x.dtype))
+  table = table.astype(x.dtype)
+  if fused:
+    return _tied_logits_fused(x, table)
+  return jnp.einsum("...D,VD->...V", x, table, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
-def _tied_logits(x: Array, table: Array) -> Array:
+def _tied_logits_fused(x: Array, table: Array) -> Array:
   logits = jnp.matmul(x.reshape(-1, x.shape[-1]), table.T,
                       preferred_element_type=jnp.float32)  # [B*T, V]
   return logits.reshape(*x.shape[:-1], table.shape[0])
 
 
 def _tied_logits_fwd(x, table):
-  return _tied_logits(x, table), (x, table)
+  return _tied_logits_fused(x, table), (x, table)
 
 
 def _tied_logits_bwd(residuals, d_logits):
@@ -91,7 +93,7 @@ def _tied_logits_bwd(residuals, d_logits):
   return d_x.astype(x.dtype).reshape(x.shape), d_table.astype(table.dtype)
 
 
-_tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+_tied_logits_fused.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 def dense(features, axes: tuple[str | None, ...], *, axis=-1, use_bias: bool, dtype: Dtype,

@@ -1,4 +1,4 @@
-"""Metrics to `metrics.jsonl` and TensorBoard event files, and a readable progress line."""
+"""Metrics to `metrics.jsonl` and TensorBoard event files; progress lines for people."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ from typing import Any
 
 import jax
 from etils import epath
+
+
+def log_line(text: str) -> None:
+  """Progress for people: process 0 prints it; every process logs it."""
+  if jax.process_index() == 0:
+    print(text, flush=True)
+  logging.info(text)
 
 
 class MetricWriter:

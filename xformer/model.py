@@ -47,14 +47,14 @@ def _residual(cfg: ModelConfig, x: Array, sublayer: Callable[[Array], Array], no
 
 
 def _norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
-  return layers.layer_norm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.params_dtype, name)
+  return layers.layer_norm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name)
 
 
 def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttention:
   return MultiHeadAttention(
-      num_heads=cfg.num_heads, head_dim=cfg.heads_dim, dropout_rate=cfg.attention_dropout,
-      rotate_fn=rotate_fn, implementation=cfg.attention_impl, dtype=cfg.compute_dtype,
-      param_dtype=cfg.params_dtype, name=name)
+      num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.attention_dropout,
+      rotate_fn=rotate_fn, implementation=cfg.attention_impl, dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype, name=name)
 
 
 LENGTH_IMPLS = ("xla_lengths", "cudnn")  # Attention kernels given lengths, not dense masks.
@@ -76,7 +76,7 @@ def _lengths(segments: Array | None, tokens: Array) -> Array:
 
 def _feed_forward(cfg: ModelConfig, x: Array, deterministic: bool) -> Array:
   return layers.FeedForward(
-      cfg.d_ff, cfg.activation, cfg.ffn_dropout, cfg.compute_dtype, cfg.params_dtype,
+      cfg.d_ff, cfg.activation, cfg.ffn_dropout, cfg.dtype, cfg.param_dtype,
       name="ffn")(x, deterministic)
 
 
@@ -142,20 +142,20 @@ def _stack(layer_cls: type[nn.Module], cfg: ModelConfig, num_layers: int, num_ar
 def _embedding(cfg: ModelConfig, vocab_size: int, name: str) -> nn.Embed:
   # std D^-0.5 so that the sqrt(D)-scaled embedding has unit variance (as in tensor2tensor).
   init = nn.initializers.normal(stddev=cfg.d_model**-0.5)
-  return nn.Embed(vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+  return nn.Embed(vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                   embedding_init=nn.with_logical_partitioning(init, (VOCAB, EMBED)), name=name)
 
 
 def _posemb(cfg: ModelConfig, bidirectional: bool) -> positional.PositionalEncoding:
   return positional.make(cfg.posemb, dict(cfg.posemb_kw), d_model=cfg.d_model,
                          num_heads=cfg.num_heads, max_len=cfg.max_len, bidirectional=bidirectional,
-                         param_dtype=cfg.params_dtype, name="posemb")
+                         param_dtype=cfg.param_dtype, name="posemb")
 
 
 def _embed_tokens(cfg: ModelConfig, embed: nn.Embed, pe: positional.PositionalEncoding,
                   tokens: Array, positions: Array, deterministic: bool) -> Array:
   """Scaled token embeddings plus the additive positional encoding, then dropout (section 3.4)."""
-  x = embed(tokens) * jnp.sqrt(cfg.d_model).astype(cfg.compute_dtype)  # [B, T, D]
+  x = embed(tokens) * jnp.sqrt(cfg.d_model).astype(cfg.dtype)  # [B, T, D]
   if positional.ADD in pe.HOOKS:
     x = x + pe.embed(positions).astype(x.dtype)
   return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
@@ -198,6 +198,12 @@ class Decoder(nn.Module):
   cfg: ModelConfig
   embed: nn.Embed
   has_cross: bool
+
+  def setup(self):
+    if not self.cfg.tie_output:  # Parameters decoder/logits/{kernel, bias}.
+      self.logits = layers.dense(self.cfg.vocab_size, (EMBED, VOCAB), use_bias=True,
+                                 dtype=self.cfg.dtype, param_dtype=self.cfg.param_dtype,
+                                 name=None)
 
   @nn.compact
   def __call__(self, tokens: Array, encoded: Array | None, enc_segments: Array | None,
@@ -247,15 +253,16 @@ class Decoder(nn.Module):
         x, encoded, self_mask, cross_mask, bias, positions, decode_index)
     if cfg.norm == "pre":
       x = _norm(cfg, "final_norm")(x)
-    if return_hidden:  # [B, T, D], for a loss that projects chunk by chunk (output_projection).
+    if return_hidden:  # [B, T, D], for a loss that projects chunk by chunk (`project`).
       return x
+    return self.project(x)  # [B, T, V]
+
+  def project(self, x: Array) -> Array:
+    """Final hidden states [..., D] -> vocabulary logits [..., V] float32."""
+    cfg = self.cfg
     if cfg.tie_output:
-      logits = layers.tied_logits(x, self.embed.embedding)  # [B, T, V]
-    else:
-      logits = layers.dense(cfg.vocab_size, (EMBED, VOCAB), use_bias=True,
-                            dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                            name="logits")(x)  # [B, T, V]
-    return logits.astype(jnp.float32)
+      return layers.tied_logits(x.astype(cfg.dtype), self.embed.embedding, cfg.fused_output)
+    return self.logits(x.astype(cfg.dtype)).astype(jnp.float32)  # [..., V]
 
 
 class Transformer(nn.Module):
@@ -267,11 +274,17 @@ class Transformer(nn.Module):
 
   cfg: ModelConfig
 
+  @staticmethod
+  def example_inputs(batch: int, length: int) -> tuple[Array, Array]:
+    """Positional inputs (src, tgt_in) of `init`: only their shapes matter."""
+    tokens = jnp.ones((batch, length), jnp.int32)
+    return tokens, tokens
+
   def setup(self):
     cfg = self.cfg
     self.embed = _embedding(cfg, cfg.vocab_size, "embed")
     src_embed = self.embed if cfg.share_embeddings else _embedding(
-        cfg, cfg.source_vocab_size, "src_embed")
+        cfg, cfg.vocab_size, "src_embed")
     self.encoder = Encoder(cfg, src_embed)
     self.decoder = Decoder(cfg, self.embed, has_cross=True)
 
@@ -301,11 +314,20 @@ class Transformer(nn.Module):
     return self.decode(encoded, src_segments, tgt_in, tgt_positions, tgt_segments,
                        deterministic, decode, return_hidden)
 
+  def project(self, hidden: Array) -> Array:
+    """Decoder hidden states [B, T, D] -> logits [B, T, V] float32 (the output layer)."""
+    return self.decoder.project(hidden)
+
 
 class DecoderOnlyLM(nn.Module):
   """Decoder-only causal language model (GPT style); depth is cfg.num_decoder_layers."""
 
   cfg: ModelConfig
+
+  @staticmethod
+  def example_inputs(batch: int, length: int) -> tuple[Array]:
+    """Positional inputs (tokens,) of `init`: only their shapes matter."""
+    return (jnp.ones((batch, length), jnp.int32),)
 
   def setup(self):
     self.embed = _embedding(self.cfg, self.cfg.vocab_size, "embed")
@@ -318,51 +340,30 @@ class DecoderOnlyLM(nn.Module):
     return self.decoder(tokens, None, None, positions, segments, deterministic, decode,
                         return_hidden)
 
-
-def output_projection(cfg: ModelConfig, params: Any) -> Callable[[Array], Array]:
-  """The decoder's last step as a function of params: hidden [B, T, D] -> logits [B, T, V]
-  float32 (tied: the embedding table; else decoder/logits), for chunked losses."""
-  if cfg.tie_output:
-    table = params["embed"]["embedding"]  # [V, D]
-    return lambda h: layers.tied_logits(h.astype(cfg.compute_dtype), table)
-  kernel, bias = params["decoder"]["logits"]["kernel"], params["decoder"]["logits"]["bias"]
-  return lambda h: (jnp.einsum("BTD,DV->BTV", h.astype(cfg.compute_dtype),
-                               kernel.astype(cfg.compute_dtype),
-                               preferred_element_type=jnp.float32) + bias.astype(jnp.float32))
+  def project(self, hidden: Array) -> Array:
+    """Final hidden states [B, T, D] -> logits [B, T, V] float32 (the output layer)."""
+    return self.decoder.project(hidden)
 
 
-def init_cache(model: Transformer | DecoderOnlyLM, batch_size: int, max_len: int) -> Any:
-  """An empty KV cache for decoding up to `max_len` tokens, without running the model."""
-
-  def init():
-    tgt = jnp.zeros((batch_size, max_len), jnp.int32)
-    if isinstance(model, Transformer):
-      return model.init(jax.random.key(0), jnp.ones((batch_size, 1), jnp.int32), tgt, decode=True)
-    return model.init(jax.random.key(0), tgt, decode=True)
-
-  shapes = jax.eval_shape(init)["cache"]
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+Model = Transformer | DecoderOnlyLM
 
 
-def init_params(model: Transformer | DecoderOnlyLM, rng: Array, batch_size: int = 1,
-                length: int = 8) -> Any:
+def init_params(model: Model, rng: Array, batch_size: int = 1, length: int = 8) -> Any:
   """Initialised parameters, unboxed (logical axis metadata stripped)."""
-  tokens = jnp.ones((batch_size, length), jnp.int32)
-  args = (tokens, tokens) if isinstance(model, Transformer) else (tokens,)
-  return nn.unbox(jax.jit(model.init)(rng, *args)["params"])
+  inputs = model.example_inputs(batch_size, length)
+  return nn.unbox(jax.jit(model.init)(rng, *inputs)["params"])
 
 
-def logical_axes(model: Transformer | DecoderOnlyLM) -> Any:
+def logical_axes(model: Model) -> Any:
   """Pytree of logical axis names (a PartitionSpec per parameter), without allocating params."""
-  tokens = jnp.ones((1, 8), jnp.int32)
-  args = (tokens, tokens) if isinstance(model, Transformer) else (tokens,)
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
-  return nn.get_partition_spec(boxed)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(1, 8)))
+  return nn.get_partition_spec(boxed["params"])
 
 
-def make_model(cfg: ModelConfig, kind: str = "translation") -> Transformer | DecoderOnlyLM:
-  """`Transformer` for kind="translation", `DecoderOnlyLM` for kind="lm"."""
-  kinds = {"translation": Transformer, "lm": DecoderOnlyLM}
-  if kind not in kinds:
-    raise ValueError(f"Unknown model kind {kind!r}; valid: {sorted(kinds)}.")
-  return kinds[kind](cfg)
+def init_cache(model: Model, batch_size: int, max_len: int) -> Any:
+  """An empty KV cache for decoding up to `max_len` tokens, without running the model: the
+  decode-mode initialisation call fixes its length (the last input's, for both models)."""
+  *first, last = model.example_inputs(batch_size, max_len)
+  inputs = (*[x[:, :1] for x in first], last)  # Sources (if any) of length 1: only shapes count.
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs, decode=True))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -18,7 +18,6 @@ Adding an encoding touches only this file (or any module imported before the mod
     @register("my_pe")
     class MyPE(PositionalEncoding):
       HOOKS = frozenset({ADD})
-      EXTRAPOLATES = True
       def embed(self, positions):                # [B, T] -> [B, T, D]
         ...
 
@@ -38,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xformer import registry
+from xformer import errors, registry
 
 ADD, ROTATE, BIAS = "add", "rotate", "bias"
 _HOOK_METHODS = {ADD: "embed", ROTATE: "rotate_fn", BIAS: "bias"}
@@ -163,8 +162,8 @@ def t5_relative_bucket(
 
 
 class PositionalEncoding(nn.Module):
-  """Base of every encoding. Subclasses declare `HOOKS` and `EXTRAPOLATES`, override the hook
-  methods they declare, and may add fields (their keyword arguments, `model.posemb_kw`).
+  """Base of every encoding. Subclasses declare `HOOKS`, override the hook methods they declare,
+  and may add fields (their keyword arguments, `model.posemb_kw.<name>`).
 
   Attributes:
     d_model: model width D.
@@ -175,8 +174,6 @@ class PositionalEncoding(nn.Module):
   """
 
   HOOKS: ClassVar[frozenset[str]] = frozenset()
-  # Whether the literature expects quality to hold past the trained length.
-  EXTRAPOLATES: ClassVar[bool] = True
   # Whether positions >= max_len are impossible (a table ends there): an error, never garbage.
   LIMITED_TO_MAX_LEN: ClassVar[bool] = False
 
@@ -233,8 +230,14 @@ _COMMON_FIELDS = {f.name for f in dataclasses.fields(PositionalEncoding)} | {"pa
 
 
 def kwarg_names(name: str) -> list[str]:
-  """The keyword arguments (`model.posemb_kw`) that encoding `name` accepts."""
+  """The keyword arguments (`model.posemb_kw.<name>`) that encoding `name` accepts."""
   return [f.name for f in dataclasses.fields(get(name)) if f.name not in _COMMON_FIELDS]
+
+
+def default_kwargs(name: str) -> dict[str, Any]:
+  """Encoding `name`'s keyword arguments at their defaults (typed config entries)."""
+  fields = {f.name: f for f in dataclasses.fields(get(name))}
+  return {k: fields[k].default for k in kwarg_names(name)}
 
 
 def validate(name: str, kwargs: dict[str, Any] | None = None) -> None:
@@ -242,7 +245,7 @@ def validate(name: str, kwargs: dict[str, Any] | None = None) -> None:
   get(name)
   bad = set(kwargs or {}) - set(kwarg_names(name))
   if bad:
-    raise ValueError(f"Positional encoding {name!r} got unknown arguments {sorted(bad)}; "
+    raise errors.ConfigError(f"Positional encoding {name!r} got unknown arguments {sorted(bad)}; "
                      f"it accepts: {kwarg_names(name) or 'none'}.")
 
 
@@ -263,7 +266,6 @@ class NoPE(PositionalEncoding):
   from the causal mask (Kazemnejad et al. 2023); an encoder sees a bag of words."""
 
   HOOKS = frozenset()
-  EXTRAPOLATES = True
 
 
 @register("sinusoidal")
@@ -271,7 +273,6 @@ class Sinusoidal(PositionalEncoding):
   """Fixed sinusoids added to the embeddings (the paper, section 3.5)."""
 
   HOOKS = frozenset({ADD})
-  EXTRAPOLATES = False  # Defined at any position, but quality is known to fall past training.
   max_timescale: float = 10_000.0
 
   def embed(self, positions: Array) -> Array:
@@ -283,7 +284,6 @@ class Learned(PositionalEncoding):
   """A learned [max_len, D] table added to the embeddings (GPT-2, BERT)."""
 
   HOOKS = frozenset({ADD})
-  EXTRAPOLATES = False
   LIMITED_TO_MAX_LEN = True
   init_stddev: float = 0.02
 
@@ -310,7 +310,6 @@ class RoPE(PositionalEncoding):
   """Rotary embeddings on queries and keys of self-attention (Su et al. 2021)."""
 
   HOOKS = frozenset({ROTATE})
-  EXTRAPOLATES = False  # Better than absolute encodings past training, but not length-robust.
   base: float = 10_000.0
 
   def rotate_fn(self) -> Callable[[Array, Array], Array]:
@@ -322,7 +321,6 @@ class ALiBi(PositionalEncoding):
   """Linear distance penalties on the attention logits (Press et al. 2022)."""
 
   HOOKS = frozenset({BIAS})
-  EXTRAPOLATES = True
 
   def bias(self, q_positions: Array, k_positions: Array) -> Array:
     slopes = jnp.asarray(alibi_slopes(self.num_heads))  # [N]
@@ -335,7 +333,6 @@ class T5Bias(PositionalEncoding):
   """T5's learned per-head bias over bucketed relative positions (Raffel et al. 2020)."""
 
   HOOKS = frozenset({BIAS})
-  EXTRAPOLATES = True
   num_buckets: int = 32
   max_distance: int = 128
 

@@ -1,4 +1,4 @@
-"""A tiny name -> object registry, used for positional encodings (and anything else chosen by name).
+"""A tiny name -> object registry: positional encodings, tasks, datasets (anything chosen by name).
 
 Configs name things by string (`model.posemb = "rope"`); the registry turns the string into the
 object and, when the name is wrong, says which names exist. Registration happens by decorator at
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 from typing import Callable, Generic, TypeVar
+
+from xformer import errors
 
 T = TypeVar("T")
 
@@ -33,9 +35,10 @@ class Registry(Generic[T]):
     return decorator
 
   def get(self, name: str) -> T:
-    """Returns the entry called `name`; raises KeyError listing the valid names if there is none."""
+    """Returns the entry called `name`; raises UnknownNameError (a KeyError) listing the valid
+    names if there is none."""
     if name not in self._entries:
-      raise KeyError(self.unknown_message(name))
+      raise errors.UnknownNameError(self.unknown_message(name))
     return self._entries[name]
 
   def names(self) -> list[str]:

@@ -9,7 +9,7 @@ samples.
 
 from absl import app, flags
 
-from xformer import bundle, host_memory
+from xformer import bundle, cli, host_memory
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (or one checkpoint step dir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
@@ -23,6 +23,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flag_as_required("workdir")
 
 
+@cli.user_errors
 def main(argv):
   del argv
   b = bundle.load(_WORKDIR.value, step=_STEP.value)
@@ -35,4 +36,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_tunables()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from xformer import errors
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -57,16 +59,17 @@ def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+    raise errors.ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not "
+      raise errors.ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not "
                        f"divisible by {known}.")
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"there are {len(devices)}.")
+    raise errors.ConfigError(
+        f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, there are "
+        f"{len(devices)}: set config.mesh sizes whose product is {len(devices)} (one may be -1).")
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 

@@ -6,7 +6,6 @@ is one, so re-running the same command continues an interrupted run (or reports 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -15,13 +14,15 @@ from typing import Any
 
 import jax
 import ml_collections
-from etils import epath
 import numpy as np
+from etils import epath
 
-from xformer import config_lib, evaluate, metric_writer, preemption, sharding
-from xformer import run as run_lib
+from xformer import config_lib, decode, errors, evaluate, preemption, record, sharding, tasks
 from xformer.checkpoint import Checkpointer, CorruptCheckpointError
 from xformer.data import pipeline
+from xformer.data.inputs import Inputs
+from xformer.metric_writer import MetricWriter, Progress, log_line
+from xformer.run import Run
 from xformer.steps import TrainState
 
 
@@ -29,22 +30,183 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite (nan_policy='fail')."""
 
 
-def log_line(text: str) -> None:
-  """Progress for people: process 0 prints it; every process logs it."""
-  if jax.process_index() == 0:
-    print(text, flush=True)
-  logging.info(text)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
+  start_time = time.time()
+  model_config = config_lib.validate(config)  # Config errors first: before anything is touched.
+  sharding.maybe_initialize_distributed()  # Before anything (orbax too) starts the backend.
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  config_lib.check_mesh(config, dict(mesh.shape), jax.process_count())
+  workdir = _writable_workdir(workdir)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                      async_save=config.async_checkpoints)
+  if _finished(config, ckpt, workdir):
+    return {}
+  run, inputs = build(config, workdir, model_config, mesh)
+  log_line(describe(run, inputs))
+  train_iter, overlong = inputs.train_iterator()
+  state = _restore_or_init(run, ckpt, train_iter)
+  first = int(jax.device_get(state.step))
+  ctx = evaluate.Context(run, inputs, decode.Settings(**config.decode), config.eval_batch_size)
+  writer = MetricWriter(workdir)
+  checks = HostChecks(config, writer, ckpt, overlong, Progress(config.num_train_steps, first))
+  stop = preemption.StopSignal()
+  rng = jax.random.key(config.seed + 1)
+  log_line(f"Training steps {first}..{config.num_train_steps} in {workdir}")
+  try:
+    for step in range(first + 1, config.num_train_steps + 1):
+      host_batch = next(train_iter)
+      state, metrics = run.p_train_step(state, run.put_batch(host_batch, local=True), rng)
+      checks.push(step, metrics, batch_crc(host_batch))  # Checks step - 1 (device runs ahead).
+      at_save = step % config.checkpoint_every_steps == 0
+      at_eval = step % config.eval_every_steps == 0 and step < config.num_train_steps
+      stopping = stop.should_stop()
+      if at_save or at_eval or stopping:
+        checks.flush()  # Never save (or evaluate) a step that has not been checked.
+      if at_save or stopping:
+        _save(ckpt, config, state, train_iter)
+      if at_eval:
+        _log_eval(writer, step, evaluate.evaluate(
+            ctx, state.params, config.data.eval_split, loss_limit=config.eval_examples,
+            metric_limit=config.bleu_examples or -1))
+      if stopping:
+        ckpt.wait()
+        log_line(f"Stopped by signal at step {step}; checkpoint saved. Rerun the same command "
+                 "to continue.")
+        return {}
+    checks.flush()
+    _save(ckpt, config, state, train_iter)
+    pipeline.log_overlong("train", overlong)
+    final = _final_evaluation(ctx, config, state.params)
+    writer.write(config.num_train_steps, final)
+    log_line("final: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
+    log_line(f"Done in {time.time() - start_time:.0f}s; workdir {workdir}")
+    return final
+  finally:
+    stop.restore()
+    ckpt.close()
+    writer.close()
 
 
-def _restore_latest_good(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> tuple[int, Any]:
+def build(config: ml_collections.ConfigDict, workdir: str | None = None,
+          model_config=None, mesh=None) -> tuple[Run, Inputs]:
+  """A config's Run and Inputs (dataset, tokenizer); validates the config and builds the mesh
+  over all devices unless given them."""
+  model_config = config_lib.validate(config) if model_config is None else model_config
+  if mesh is None:
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    config_lib.check_mesh(config, dict(mesh.shape), jax.process_count())
+  inputs = Inputs(config, tasks.get(config.task), workdir)
+  return Run(config, model_config.replace(vocab_size=inputs.tokenizer.vocab_size), mesh), inputs
+
+
+class HostChecks:
+  """Host-side checks and logging of finished steps: the NaN policy, skipped updates, clipping,
+  progress lines and metrics. A step is read one step late (`push`), so that the host prepares
+  step s+1 while the device computes step s; `flush` settles the pending step at once."""
+
+  def __init__(self, config: ml_collections.ConfigDict, writer: MetricWriter,
+               ckpt: Checkpointer, overlong: pipeline.OverlongCounter, progress: Progress):
+    self.config, self.writer, self.ckpt = config, writer, ckpt
+    self.overlong, self.progress = overlong, progress
+    self.pending: tuple[int, Any, int] | None = None
+    self.skips_in_a_row = self.skips_total = 0
+    self.tokens = 0.0
+
+  def push(self, step: int, metrics: dict[str, Any], crc: int) -> None:
+    self.flush()
+    self.pending = (step, metrics, crc)
+
+  def flush(self) -> None:
+    if self.pending is not None:
+      self._settle(*self.pending)
+      self.pending = None
+
+  def _settle(self, step: int, metrics: dict[str, Any], crc: int) -> None:
+    config = self.config
+    metrics = jax.device_get(metrics)
+    loss = float(metrics["train/loss"])
+    if config.nan_policy == "fail" and not math.isfinite(loss):
+      raise NonFiniteLossError(f"Loss is NaN or infinite at step {step} ({loss}); the last "
+                               f"checkpoint ({self.ckpt.latest_step()}) is kept unchanged.")
+    self._count_skip(step, bool(metrics.get("train/skipped", 0)))
+    clip = config.optimizer.clip_grad_norm
+    if clip > 0 and float(metrics["train/grad_norm"]) > 10 * clip:
+      log_line(f"step {step}: gradient norm {float(metrics['train/grad_norm']):.4g} clipped to "
+               f"{clip:g}.")
+    self.tokens += float(metrics["train/tokens"])
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      data = {f"data/{k}": v for k, v in self.overlong.summary().items()}
+      self.writer.write(step, {**metrics, **data, "data/batch_crc32": crc,
+                               "train/skipped_total": self.skips_total})
+      log_line(self.progress.line(step, loss, self.tokens))
+      self.tokens = 0.0
+
+  def _count_skip(self, step: int, skipped: bool) -> None:
+    self.skips_in_a_row = self.skips_in_a_row + 1 if skipped else 0
+    self.skips_total += int(skipped)
+    if skipped:
+      log_line(f"step {step}: non-finite loss or gradient, update skipped "
+               f"({self.skips_in_a_row} in a row, at most {self.config.max_consecutive_skips}).")
+    if self.skips_in_a_row > self.config.max_consecutive_skips:
+      raise NonFiniteLossError(f"{self.skips_in_a_row} consecutive non-finite steps up to step "
+                               f"{step}: giving up (max_consecutive_skips).")
+
+
+def describe(run: Run, inputs: Inputs) -> str:
+  """What was built and where it came from, printed before the first step."""
+  cfg, mesh, data = run.model_config, run.mesh, inputs.describe()
+  devices = mesh.devices.flat[0]
+  return "\n".join([
+      f"Model: {run.task.name}, {type(run.model).__name__} {run.config.model.variant} "
+      f"(d_model {cfg.d_model}, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
+      f"{cfg.num_heads} heads, d_ff {cfg.d_ff}), posemb {cfg.posemb}, "
+      f"{run.num_params:,} parameters, {cfg.dtype.name} compute",
+      f"Mesh: {' x '.join(f'{k} {v}' for k, v in mesh.shape.items())} over {mesh.devices.size} "
+      f"{devices.platform} devices ({jax.process_count()} process(es))",
+      f"Data: {data['dataset']} from {inputs.dataset_dir} (ready in "
+      f"{inputs.seconds['dataset']:.1f}s): " + ", ".join(
+          f"{k} {v:,}" for k, v in data["splits"].items()),
+      f"Tokenizer: {run.config.tokenizer.model_type}, vocab {data['vocab_size']:,}, "
+      f"{inputs.tokenizer.origin} ({inputs.seconds['tokenizer']:.1f}s)"])
+
+
+def _writable_workdir(workdir: str) -> str:
+  """The absolute workdir (gs://... as it is), after a probe write: an unwritable workdir fails
+  at start, not at the first save an hour later."""
+  if "://" not in workdir:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    (epath.Path(workdir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+    # The pid: several processes may probe the same (shared) workdir at once.
+    probe = epath.Path(workdir) / f".write_probe.{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise errors.WorkdirError(f"The workdir {workdir} cannot be written ({e}); nothing was "
+                              "trained. Pick a writable --workdir (with free space).") from e
+  return workdir
+
+
+def _finished(config: ml_collections.ConfigDict, ckpt: Checkpointer, workdir: str) -> bool:
+  latest = ckpt.latest_step()
+  if config.restore_step < 0 and latest is not None and latest >= config.num_train_steps:
+    log_line(f"Training already finished: step {latest} of {config.num_train_steps} in "
+             f"{workdir}.")
+    ckpt.close()
+    return True
+  return False
+
+
+def _restore_latest_good(run: Run, ckpt: Checkpointer, train_iter) -> tuple[int, Any]:
   """Restores the newest readable step, warning about every damaged newer one. An explicit
   config.restore_step must be readable; a directory whose every step is damaged is an error
   (never a silent fresh start)."""
   config = run.config
   if config.restore_step >= 0:
     if config.restore_step not in ckpt.steps():
-      raise FileNotFoundError(f"restore_step={config.restore_step} is not a checkpoint of "
-                              f"{ckpt.directory}; available steps: {ckpt.steps()}.")
+      raise errors.ConfigError(f"restore_step={config.restore_step} is not a checkpoint of "
+                               f"{ckpt.directory}; available steps: {ckpt.steps()}.")
     candidates = [config.restore_step]
   else:
     candidates = sorted(ckpt.steps(), reverse=True)
@@ -64,7 +226,7 @@ def _restore_latest_good(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> tu
                                "Move them away to start from scratch.")
 
 
-def _restore_or_init(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> TrainState:
+def _restore_or_init(run: Run, ckpt: Checkpointer, train_iter) -> TrainState:
   config = run.config
   if ckpt.steps():
     step, (params, opt_state) = _restore_latest_good(run, ckpt, train_iter)
@@ -75,25 +237,12 @@ def _restore_or_init(run: run_lib.Run, ckpt: Checkpointer, train_iter) -> TrainS
   if config.init_from:
     source = Checkpointer(os.path.join(config.init_from, "checkpoints"), read_only=True)
     if source.latest_step() is None:
-      raise FileNotFoundError(f"init_from={config.init_from}: no checkpoints there.")
+      raise errors.UserError(f"init_from={config.init_from}: no checkpoints there.")
     params = source.restore_params(source.latest_step(), run.abstract_params,
                                    run.param_shardings)
     log_line(f"Initialised parameters from {config.init_from} step {source.latest_step()}.")
     state = state.replace(params=params)
   return state
-
-
-def _check_writable(workdir: str) -> None:
-  """Fails at start, not at the first save an hour later, when the workdir cannot be written."""
-  try:
-    (epath.Path(workdir) / "checkpoints").mkdir(parents=True, exist_ok=True)
-    # The pid, not jax.process_index(): jax.distributed is not initialised yet.
-    probe = epath.Path(workdir) / f".write_probe.{os.getpid()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise OSError(f"The workdir {workdir} cannot be written ({e}); nothing was trained. Pick a "
-                  "writable --workdir (with free space).") from e
 
 
 def batch_crc(batch: dict[str, np.ndarray]) -> int:
@@ -105,128 +254,23 @@ def batch_crc(batch: dict[str, np.ndarray]) -> int:
   return crc
 
 
-def _save(ckpt: Checkpointer, run: run_lib.Run, state: TrainState, train_iter) -> None:
+def _save(ckpt: Checkpointer, config: ml_collections.ConfigDict, state: TrainState,
+          train_iter) -> None:
   step = int(jax.device_get(state.step))
-  ckpt.save(step, state.params, state.opt_state, train_iter, run.config.to_dict())
+  ckpt.save(step, state.params, state.opt_state, train_iter, record.to_saved(config))
 
 
-def evaluate_run(run: run_lib.Run, params: Any, split: str, *, loss_limit: int | None,
-                 bleu_limit: int | None, num_samples: int = 0) -> dict[str, float]:
-  """Loss/perplexity on `split` and, for translation, BLEU of greedy translations."""
-  batches, _ = run.eval_batches(split, loss_limit)
-  sums = evaluate.accumulate((run.put_batch(b) for b in batches),
-                             lambda b: run.p_eval_step(params, b))
-  metrics = evaluate.summarize(sums, split)
-  if run.config.task == "translation" and bleu_limit != -1:
-    srcs, hyps, refs = evaluate.translate_split(
-        run.dataset, split, run.encoded(split), run.tokenizer, run.translate_fn(params),
-        max_source_len=run.config.data.max_source_len, batch_size=run.config.eval_batch_size,
-        limit=bleu_limit or None)
-    metrics[f"{split}/bleu"] = evaluate.bleu(hyps, refs)
-    for s, h, r in list(zip(srcs, hyps, refs))[:num_samples]:
-      log_line(f"  source:     {s}\n  reference:  {r}\n  hypothesis: {h}")
-  return metrics
+def _log_eval(writer: MetricWriter, step: int, metrics: dict[str, float]) -> None:
+  writer.write(step, metrics)
+  log_line(f"eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
-  start_time = time.time()
-  config_lib.validate(config)  # Config errors first: before the workdir is touched.
-  if "://" not in workdir:  # gs://bucket/... stays as it is.
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-  _check_writable(workdir)
-  sharding.maybe_initialize_distributed()  # Before anything (orbax too) starts the backend.
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                      async_save=config.async_checkpoints)
-  latest = ckpt.latest_step()
-  if config.restore_step < 0 and latest is not None and latest >= config.num_train_steps:
-    log_line(f"Training already finished: step {latest} of {config.num_train_steps} in "
-             f"{workdir}.")
-    ckpt.close()
-    return {}
-  run = run_lib.Run(config, workdir)
-  run_lib.log_run(run)
-  train_iter, overlong = run.train_iterator()
-  state = _restore_or_init(run, ckpt, train_iter)
-  first = int(jax.device_get(state.step))
-  writer = metric_writer.MetricWriter(workdir)
-  progress = metric_writer.Progress(config.num_train_steps, first)
-  stop = preemption.StopSignal()
-  rng = jax.random.key(config.seed + 1)
-  tally = {"skips": 0, "skips_total": 0, "tokens": 0.0}
-  clip = config.optimizer.clip_grad_norm
-
-  def settle(step: int, metrics: dict[str, Any], crc: int) -> None:
-    """Host-side checks and logging of a finished step (read one step late, so that the host
-    prepares step s+1 while the device computes step s)."""
-    metrics = jax.device_get(metrics)
-    loss = float(metrics["train/loss"])
-    if config.nan_policy == "fail" and not math.isfinite(loss):
-      raise NonFiniteLossError(f"Loss is NaN or infinite at step {step} ({loss}); the last "
-                               f"checkpoint ({ckpt.latest_step()}) is kept unchanged.")
-    skipped = bool(metrics.get("train/skipped", 0))
-    tally["skips"] = tally["skips"] + 1 if skipped else 0
-    tally["skips_total"] += int(skipped)
-    if skipped:
-      log_line(f"step {step}: non-finite loss or gradient, update skipped "
-               f"({tally['skips']} in a row, at most {config.max_consecutive_skips}).")
-    if tally["skips"] > config.max_consecutive_skips:
-      raise NonFiniteLossError(f"{tally['skips']} consecutive non-finite steps up to step "
-                               f"{step}: giving up (max_consecutive_skips).")
-    grad_norm = float(metrics["train/grad_norm"])
-    if clip > 0 and grad_norm > 10 * clip:
-      log_line(f"step {step}: gradient norm {grad_norm:.4g} clipped to {clip:g}.")
-    tally["tokens"] += float(metrics["train/tokens"])
-    if step % config.log_every_steps == 0 or step == config.num_train_steps:
-      writer.write(step, {**metrics, **{f"data/{k}": v for k, v in overlong.summary().items()},
-                          "data/batch_crc32": crc, "train/skipped_total": tally["skips_total"]})
-      log_line(progress.line(step, loss, tally["tokens"]))
-      tally["tokens"] = 0.0
-
-  log_line(f"Training steps {first}..{config.num_train_steps} in {workdir}")
-  pending = None
-  try:
-    for step in range(first + 1, config.num_train_steps + 1):
-      host_batch = next(train_iter)
-      state, metrics = run.p_train_step(state, run.put_batch(host_batch, local=True), rng)
-      if pending:
-        settle(*pending)
-      pending = (step, metrics, batch_crc(host_batch))
-      at_save = step % config.checkpoint_every_steps == 0
-      at_eval = step % config.eval_every_steps == 0 and step < config.num_train_steps
-      stopping = stop.should_stop()
-      if at_save or at_eval or stopping:
-        settle(*pending)  # Never save (or evaluate) a step that has not been checked.
-        pending = None
-      if at_save or stopping:
-        _save(ckpt, run, state, train_iter)
-      if at_eval:
-        eval_metrics = evaluate_run(run, state.params, config.data.eval_split,
-                                    loss_limit=config.eval_examples,
-                                    bleu_limit=config.bleu_examples or -1)
-        writer.write(step, eval_metrics)
-        log_line(f"eval at step {step}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in eval_metrics.items()))
-      if stopping:
-        ckpt.wait()
-        log_line(f"Stopped by signal at step {step}; checkpoint saved. Rerun the same command "
-                 "to continue.")
-        return {}
-    if pending:
-      settle(*pending)
-    _save(ckpt, run, state, train_iter)
-    pipeline.log_overlong("train", overlong)
-    final = evaluate_run(run, state.params, config.data.eval_split,
-                         loss_limit=config.eval_examples, bleu_limit=-1)
-    if config.task == "translation":
-      final.update(evaluate_run(run, state.params, config.data.test_split, loss_limit=None,
-                                bleu_limit=config.test_bleu_examples,
-                                num_samples=config.num_samples_to_print))
-    writer.write(config.num_train_steps, final)
-    log_line("final: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
-    log_line(f"Done in {time.time() - start_time:.0f}s; workdir {workdir}")
-    return final
-  finally:
-    stop.restore()
-    ckpt.close()
-    writer.close()
+def _final_evaluation(ctx: evaluate.Context, config: ml_collections.ConfigDict,
+                      params: Any) -> dict[str, float]:
+  """Loss on the eval split, then loss and the task's metrics (BLEU) on the test split."""
+  final = evaluate.evaluate(ctx, params, config.data.eval_split,
+                            loss_limit=config.eval_examples, metric_limit=-1)
+  final.update(evaluate.evaluate(ctx, params, config.data.test_split, loss_limit=None,
+                                 metric_limit=config.test_bleu_examples,
+                                 num_samples=config.num_samples_to_print))
+  return final

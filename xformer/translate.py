@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from xformer import bundle, host_memory
+from xformer import bundle, cli, host_memory
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (or one checkpoint step dir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
@@ -38,6 +38,7 @@ def translate_lines(b: bundle.Bundle, lines: list[str], out, batch_size: int, **
       out.write(result + "\n")
 
 
+@cli.user_errors
 def main(argv):
   del argv
   b = bundle.load(_WORKDIR.value, step=_STEP.value, average_last=_AVERAGE.value)
@@ -51,4 +52,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_tunables()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -18,6 +18,7 @@ import sys
 
 import tensorflow_datasets as tfds
 
+from xformer import errors
 from xformer.data import synthetic, text_files
 
 _TRANSLATION_FEATURES = {"source": tfds.features.Text(), "target": tfds.features.Text()}
@@ -105,7 +106,7 @@ class FilesConfig(tfds.core.BuilderConfig):
     for split, paths in self.files.items():
       for path in paths:
         if not os.path.isfile(path):
-          raise FileNotFoundError(f"data files for split {split!r}: {path} does not exist.")
+          raise errors.ConfigError(f"data files for split {split!r}: {path} does not exist.")
     self.on_bad_line = on_bad_line
     self.max_chars = max_chars
     stamp = {k: [(p, os.path.getsize(p), os.path.getmtime(p)) for p in v]
@@ -134,7 +135,7 @@ class XformerParallelText(_SplitsFromFiles, tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, paths):
     if len(paths) not in (1, 2):
-      raise ValueError(f"split {split!r}: give [source, target] files or one TSV, got {paths}.")
+      raise errors.ConfigError(f"split {split!r}: give [source, target] files or one TSV, got {paths}.")
     cfg = self.builder_config
     skips = text_files.SkipCounts()
     pairs = text_files.read_parallel(paths[0], paths[1] if len(paths) == 2 else None,

@@ -14,7 +14,6 @@ over array_record, no TensorFlow) plus what the pipeline and the tokenizer need 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -22,14 +21,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
-from xformer import registry
-from xformer.data import builders
+from etils import epath
 
-DATASETS: registry.Registry[Callable[[Any], "Dataset"]] = registry.Registry("dataset")
+from xformer import errors, registry
+from xformer.data import builders, synthetic
+
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(errors.UserError, RuntimeError):
   """A dataset that is neither prepared locally nor downloadable now."""
 
 
@@ -38,31 +38,33 @@ class Dataset:
   """Random-access splits of one dataset.
 
   Attributes:
-    name: display name. task: "translation" or "lm".
+    name: display name. kind: "translation" (source, target) or "lm" (text).
     splits: split name -> random-access source of raw examples (dicts of bytes).
     keys: the raw example keys read: (source, target) for translation, (text,) for LM.
     fingerprint: identifies the data exactly (keys the tokenizer cache).
+    pretokenized: whether its text is already tokenized ("a word ."), as BLEU needs to know.
   """
 
   name: str
-  task: str
+  kind: str
   splits: dict[str, Sequence[dict[str, Any]]]
   keys: tuple[str, ...]
   fingerprint: str
+  pretokenized: bool = False
 
   def split(self, name: str) -> Sequence[dict[str, Any]]:
     if name not in self.splits:
-      raise KeyError(f"Dataset {self.name} has no split {name!r}; it has {list(self.splits)}.")
+      raise errors.ConfigError(f"Dataset {self.name} has no split {name!r}; it has {list(self.splits)}.")
     return self.splits[name]
 
   def example(self, split: str, index: int) -> tuple[str, ...]:
     """The decoded strings of one example: (source, target) or (text,)."""
     raw = self.split(split)[index]
-    return tuple(_text(raw[k]) for k in self.keys)
+    return tuple(text_of(raw[k]) for k in self.keys)
 
   def examples(self, split: str) -> list[tuple[str, ...]]:
     """Every example of a split, decoded, read in one batch."""
-    return [tuple(_text(raw[k]) for k in self.keys) for raw in read_all(self.split(split))]
+    return [tuple(text_of(raw[k]) for k in self.keys) for raw in read_all(self.split(split))]
 
   def texts(self, split: str = "train") -> Iterator[str]:
     """Every string of a split (both sides for translation), for tokenizer training."""
@@ -72,18 +74,19 @@ class Dataset:
 
 def read_all(source: Sequence[Any]) -> list[Any]:
   """Every record of a source; one batched read when the source offers it (array_record reads
-  records one by one at ~0.5 ms each here, in a batch ~20x faster)."""
+  records one by one, in a batch much faster: benchmarks/README.md)."""
   if hasattr(source, "__getitems__"):
     return list(source.__getitems__(list(range(len(source)))))
   return [source[i] for i in range(len(source))]
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+  """A raw example's string (TFDS text features are bytes)."""
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _prepared(builder: tfds.core.DatasetBuilder, download: bool, hint: str) -> None:
-  if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+  if (epath.Path(builder.data_dir) / "dataset_info.json").exists():
     return
   if not download:
     raise DataUnavailableError(f"Dataset {builder.name} is not prepared in {builder.data_dir} "
@@ -97,57 +100,92 @@ def _prepared(builder: tfds.core.DatasetBuilder, download: bool, hint: str) -> N
         f"{type(e).__name__}: {str(e)[:300]}. {hint}") from e
 
 
-def _from_builder(builder: tfds.core.DatasetBuilder, task: str, keys: tuple[str, ...],
-                  download: bool = True, hint: str = "") -> Dataset:
+def _from_builder(builder: tfds.core.DatasetBuilder, kind: str, keys: tuple[str, ...],
+                  download: bool = True, hint: str = "", pretokenized: bool = False) -> Dataset:
   _prepared(builder, download, hint)
   splits = {name: builder.as_data_source(split=name) for name in builder.info.splits}
   fingerprint = f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
   fingerprint += f"/{builder.version}/{json.dumps(sorted(keys))}"
-  return Dataset(name=builder.name, task=task, splits=splits, keys=keys, fingerprint=fingerprint)
+  return Dataset(name=builder.name, kind=kind, splits=splits, keys=keys, fingerprint=fingerprint,
+                 pretokenized=pretokenized)
 
 
-def _data_dir(cfg) -> str:
-  return os.path.expanduser(cfg.get("data_dir") or DEFAULT_DATA_DIR)
+def data_dir(cfg) -> str:
+  """data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (local or gs://)."""
+  path = cfg.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR
+  return path if "://" in path else os.path.expanduser(path)
 
 
-@DATASETS.register("xformer_translation")
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A named dataset: its kind, its splits (the real dataset's, known without reading it), and
+  how to load it. `splits` None: the splits named in data.files."""
+
+  kind: str
+  splits: tuple[str, ...] | None
+  load: Callable[[Any], Dataset]
+
+  def split_names(self, cfg) -> tuple[str, ...]:
+    return self.splits if self.splits is not None else tuple(_files(cfg))
+
+
+DATASETS: registry.Registry[Spec] = registry.Registry("dataset")
+
+
+def spec(name: str) -> Spec:
+  return DATASETS.get(name)
+
+
+def _register(name: str, kind: str, splits: tuple[str, ...] | None):
+  def decorator(load: Callable[[Any], Dataset]):
+    DATASETS.register(name)(Spec(kind, splits, load))
+    return load
+  return decorator
+
+
+@_register("xformer_translation", "translation", tuple(synthetic.SIZES))
 def _embedded_translation(cfg) -> Dataset:
-  builder = builders.XformerTranslation(data_dir=_data_dir(cfg), file_format="array_record")
-  return _from_builder(builder, "translation", ("source", "target"))
+  builder = builders.XformerTranslation(data_dir=data_dir(cfg), file_format="array_record")
+  # Its text is tokenized ("the poet sings ."): BLEU scores it as it is (evaluate.bleu_scores).
+  return _from_builder(builder, "translation", ("source", "target"), pretokenized=True)
 
 
-@DATASETS.register("xformer_pydoc")
+@_register("xformer_pydoc", "lm", ("train", "validation", "test"))
 def _embedded_lm(cfg) -> Dataset:
-  builder = builders.XformerPydoc(data_dir=_data_dir(cfg), file_format="array_record")
+  builder = builders.XformerPydoc(data_dir=data_dir(cfg), file_format="array_record")
   return _from_builder(builder, "lm", ("text",))
 
 
-def _files_config(cfg) -> builders.FilesConfig:
+def _files(cfg) -> dict[str, list[str]]:
   files = cfg.get("files") or {}
   if isinstance(files, str):  # From the command line: a JSON object.
     try:
       files = json.loads(files)
     except json.JSONDecodeError as e:
-      raise ValueError(f"data.files must be a JSON object {{split: [paths]}}, got {files!r}.") from e
+      raise errors.ConfigError(
+          f"data.files must be a JSON object {{split: [paths]}}, got {files!r}.") from e
   files = dict(files)
   if "train" not in files:
-    raise ValueError("data.files must name at least a 'train' split, e.g. "
-                     "--config.data.files='{\"train\": [\"train.en\", \"train.de\"]}'.")
-  files = {k: [v] if isinstance(v, str) else list(v) for k, v in files.items()}
-  return builders.FilesConfig(files=files, on_bad_line=cfg.get("on_bad_line", "skip"),
+    raise errors.ConfigError("data.files must name at least a 'train' split, e.g. "
+                             "--config.data.files='{\"train\": [\"train.en\", \"train.de\"]}'.")
+  return {k: [v] if isinstance(v, str) else list(v) for k, v in files.items()}
+
+
+def _files_config(cfg) -> builders.FilesConfig:
+  return builders.FilesConfig(files=_files(cfg), on_bad_line=cfg.get("on_bad_line", "skip"),
                               max_chars=cfg.get("max_chars", 10_000))
 
 
-@DATASETS.register("parallel_files")
+@_register("parallel_files", "translation", None)
 def _parallel_files(cfg) -> Dataset:
-  builder = builders.XformerParallelText(config=_files_config(cfg), data_dir=_data_dir(cfg),
+  builder = builders.XformerParallelText(config=_files_config(cfg), data_dir=data_dir(cfg),
                                          file_format="array_record")
   return _from_builder(builder, "translation", ("source", "target"))
 
 
-@DATASETS.register("text_files")
+@_register("text_files", "lm", None)
 def _text_files(cfg) -> Dataset:
-  builder = builders.XformerPlainText(config=_files_config(cfg), data_dir=_data_dir(cfg),
+  builder = builders.XformerPlainText(config=_files_config(cfg), data_dir=data_dir(cfg),
                                       file_format="array_record")
   return _from_builder(builder, "lm", ("text",))
 
@@ -160,35 +198,30 @@ def _wmt(name: str):
   def load_wmt(cfg) -> Dataset:
     import tensorflow_datasets.translate.wmt14  # pylint: disable=import-outside-toplevel,unused-import
     import tensorflow_datasets.translate.wmt17  # pylint: disable=import-outside-toplevel,unused-import
-    builder = tfds.builder(name, data_dir=_data_dir(cfg), file_format="array_record")
+    builder = tfds.builder(name, data_dir=data_dir(cfg), file_format="array_record")
     pair = tuple(builder.info.features.languages)
     src, tgt = cfg.get("source_lang", "en"), cfg.get("target_lang", "de")
     if {src, tgt} != set(pair):
-      raise ValueError(f"{name} holds languages {pair}; data.source_lang={src!r} and "
-                       f"data.target_lang={tgt!r} must be those two, in either order.")
+      raise errors.ConfigError(f"{name} holds languages {pair}; data.source_lang={src!r} and "
+                               f"data.target_lang={tgt!r} must be those two, in either order.")
     return _from_builder(builder, "translation", (src, tgt), cfg.get("download", True),
                          _NETWORK_HINT)
   return load_wmt
 
 
 for _name in ("wmt14_translate/de-en", "wmt17_translate/de-en"):
-  DATASETS.register(_name)(_wmt(_name))
+  _register(_name, "translation", ("train", "validation", "test"))(_wmt(_name))
 
 
-@DATASETS.register("lm1b")
+@_register("lm1b", "lm", ("train", "test"))
 def _lm1b(cfg) -> Dataset:
-  builder = tfds.builder("lm1b", data_dir=_data_dir(cfg), file_format="array_record")
+  builder = tfds.builder("lm1b", data_dir=data_dir(cfg), file_format="array_record")
   return _from_builder(builder, "lm", ("text",), cfg.get("download", True), _NETWORK_HINT)
 
 
 def load(cfg) -> Dataset:
   """The dataset named by `cfg.dataset` (a data ConfigDict or a dict), built if needed."""
-  loader = DATASETS.get(cfg.get("dataset") if hasattr(cfg, "get") else cfg["dataset"])
-  dataset = loader(cfg)
+  dataset = spec(cfg.get("dataset") if hasattr(cfg, "get") else cfg["dataset"]).load(cfg)
   logging.info("Dataset %s: %s", dataset.name,
                {name: len(source) for name, source in dataset.splits.items()})
   return dataset
-
-
-def fingerprint_of(*parts: Any) -> str:
-  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -4,36 +4,31 @@ Builds (or reuses) the dataset and the tokenizer, then prints the split sizes, h
 took, the vocabulary size, token-length statistics and a few examples as the model sees them.
 """
 
-import time
-
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xformer import config_lib
-from xformer import run as run_lib
-from xformer.data import datasets, pipeline
+from xformer import cli, config_lib, tasks
+from xformer.data import inputs as inputs_lib, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _NUM = flags.DEFINE_integer("num_examples", 3, "Examples to print.")
 flags.mark_flags_as_required(["config"])
 
 
+@cli.user_errors
 def main(argv):
   del argv
   config = _CONFIG.value
   config_lib.validate(config)
-  start = time.time()
-  dataset = datasets.load(config.data)
-  built = time.time() - start
-  start = time.time()
-  tok = run_lib.tokenizer_for(config, dataset, workdir=None)
-  trained = time.time() - start
-  print(f"dataset {config.data.dataset} ({dataset.task}), ready in {built:.1f}s:")
+  inputs = inputs_lib.Inputs(config, tasks.get(config.task), workdir=None)
+  dataset, tok = inputs.dataset, inputs.tokenizer
+  print(f"dataset {config.data.dataset} ({dataset.kind}) in {inputs.dataset_dir}, ready in "
+        f"{inputs.seconds['dataset']:.1f}s:")
   for name, source in dataset.splits.items():
     print(f"  {name:12s} {len(source):>9,} examples")
-  print(f"tokenizer: {config.tokenizer.model_type}, vocab {tok.vocab_size:,}, "
-        f"ready in {trained:.1f}s")
+  print(f"tokenizer: {config.tokenizer.model_type}, vocab {tok.vocab_size:,}, {tok.origin}, "
+        f"ready in {inputs.seconds['tokenizer']:.1f}s")
   split = config.data.eval_split
   encoded = pipeline.EncodedSource(dataset.split(split), tok, dataset.keys, eager=True)
   for k, key in enumerate(dataset.keys):
@@ -47,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -25,8 +25,8 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
-from xformer.data.datasets import read_all
-from xformer.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from xformer.data.datasets import read_all, text_of
+from xformer.data.tokenizer import Tokenizer
 
 OVERLONG_POLICIES = ("drop", "truncate")
 
@@ -63,9 +63,9 @@ class EncodedSource:
   """Random access to the token ids of a split's examples: a tuple of id arrays per example,
   one per raw key ((source, target) or (text,)).
 
-  eager=True reads and tokenizes the whole split once, in large batches (100K pairs: ~8 s here),
-  which makes every later access free; a lazy source reads and tokenizes on each access
-  (~0.5 ms per example here), for splits too large to hold in memory.
+  eager=True reads and tokenizes the whole split once, in large batches, which makes every later
+  access free; a lazy source reads and tokenizes on each access, for splits too large to hold in
+  memory (benchmarks/README.md has the costs of both).
   """
 
   def __init__(self, source: Sequence[Any], tokenizer: Tokenizer, keys: Sequence[str],
@@ -74,7 +74,7 @@ class EncodedSource:
     self._ids = None
     if eager:
       raw = read_all(source)
-      columns = [self.tokenizer.encode_batch([_decode(r[k]) for r in raw]) for k in self.keys]
+      columns = [self.tokenizer.encode_batch([text_of(r[k]) for r in raw]) for k in self.keys]
       self._ids = [tuple(np.asarray(col[i], np.int32) for col in columns)
                    for i in range(len(raw))]
 
@@ -85,44 +85,34 @@ class EncodedSource:
     if self._ids is not None:
       return self._ids[index]
     raw = self.source[index]
-    return tuple(np.asarray(self.tokenizer.encode(_decode(raw[k])), np.int32) for k in self.keys)
+    return tuple(np.asarray(self.tokenizer.encode(text_of(raw[k])), np.int32) for k in self.keys)
 
 
-def _decode(value: Any) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+SIDES = ("inputs", "targets")  # Features with their own segment ids and positions.
 
 
-class Tokenize(grain.transforms.Map):
-  """Token ids -> model features (BOS/EOS added), over-long examples dropped (None) or cut."""
+class Frame(grain.transforms.Map):
+  """Token ids -> the task's model features; over-long examples dropped (None) or cut."""
 
-  def __init__(self, task: str, lengths: Lengths, overlong: str, counter: OverlongCounter):
+  def __init__(self, task, lengths: Lengths, overlong: str, counter: OverlongCounter):
     if overlong not in OVERLONG_POLICIES:
       raise ValueError(f"data.overlong={overlong!r}; choose one of {OVERLONG_POLICIES}.")
     self.task, self.lengths, self.overlong, self.counter = task, lengths, overlong, counter
 
-  def _fit(self, ids: np.ndarray, limit: int) -> tuple[np.ndarray | None, bool]:
-    if len(ids) <= limit:
-      return ids, False
-    return (None, False) if self.overlong == "drop" else (ids[:limit], True)
-
   def map(self, ids: tuple[np.ndarray, ...]) -> dict[str, np.ndarray] | None:
-    bos, eos = np.array([BOS_ID], np.int32), np.array([EOS_ID], np.int32)
-    if self.task == "translation":
-      src, cut_src = self._fit(ids[0], self.lengths.source - 1)  # Room for EOS.
-      tgt, cut_tgt = self._fit(ids[1], self.lengths.target - 1)  # Room for BOS / EOS.
-      if src is None or tgt is None:
-        self.counter.count(seen=1, dropped=1)
-        return None
-      self.counter.count(seen=1, truncated=int(cut_src or cut_tgt))
-      return {"inputs": np.concatenate([src, eos]), "targets_in": np.concatenate([bos, tgt]),
-              "targets": np.concatenate([tgt, eos])}
-    tokens, cut = self._fit(ids[0], self.lengths.target - 1)
-    if tokens is None:
-      self.counter.count(seen=1, dropped=1)
-      return None
-    self.counter.count(seen=1, truncated=int(cut))
-    return {"targets_in": np.concatenate([bos, tokens]),
-            "targets": np.concatenate([tokens, eos])}
+    cut = []
+
+    def fit(x: np.ndarray, limit: int) -> np.ndarray | None:
+      if len(x) <= limit:
+        return x
+      cut.append(True)
+      return None if self.overlong == "drop" else x[:limit]
+
+    features = self.task.features(ids, self.lengths, fit)
+    dropped = features is None or (cut and self.overlong == "drop")
+    self.counter.count(seen=1, dropped=int(bool(dropped)),
+                       truncated=int(bool(cut) and not dropped))
+    return None if dropped else features
 
 
 def _pad_to(x: np.ndarray, length: int) -> np.ndarray:
@@ -130,51 +120,49 @@ def _pad_to(x: np.ndarray, length: int) -> np.ndarray:
 
 
 class PadUnpacked(grain.transforms.Map):
-  """One example per row: pad to full length and add segment ids (1 / 0) and positions."""
+  """One example per row: pad every feature to its length; segment ids (1 / 0) and positions
+  for each side."""
 
-  def __init__(self, lengths: Lengths):
-    self.lengths = lengths
+  def __init__(self, feature_lengths: dict[str, int]):
+    self.feature_lengths = feature_lengths
 
   def map(self, ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
-    for prefix, length in (("inputs", self.lengths.source), ("targets", self.lengths.target)):
-      if prefix not in ex:
-        continue
-      n = len(ex[prefix])
-      out[f"{prefix}_segment_ids"] = _pad_to(np.ones(n, np.int32), length)
-      out[f"{prefix}_positions"] = _pad_to(np.arange(n, dtype=np.int32), length)
-      out[prefix] = _pad_to(ex[prefix], length)
-    if "targets_in" in ex:
-      out["targets_in"] = _pad_to(ex["targets_in"], self.lengths.target)
+    for key, length in self.feature_lengths.items():
+      out[key] = _pad_to(ex[key], length)
+      if key in SIDES:
+        n = len(ex[key])
+        out[f"{key}_segment_ids"] = _pad_to(np.ones(n, np.int32), length)
+        out[f"{key}_positions"] = _pad_to(np.arange(n, dtype=np.int32), length)
     return out
 
 
 def _tidy_packed(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Drops the packer's duplicate bookkeeping of targets_in (same layout as targets)."""
-  return {k: v.astype(np.int32) for k, v in ex.items() if not k.startswith("targets_in_")}
+  """Keeps the packer's segment ids and positions of the sides only (the other features share
+  their side's layout)."""
+  keep = {f"{side}_{what}" for side in SIDES for what in ("segment_ids", "positions")}
+  return {k: v.astype(np.int32) for k, v in ex.items()
+          if k in keep or not k.endswith(("_segment_ids", "_positions"))}
 
 
-def _packed(ds: grain.IterDataset, lengths: Lengths, task: str, batch_size: int,
+def _packed(ds: grain.IterDataset, feature_lengths: dict[str, int], batch_size: int,
             seed: int) -> grain.IterDataset:
-  length_struct = {"targets_in": lengths.target, "targets": lengths.target}
-  if task == "translation":
-    length_struct["inputs"] = lengths.source
   ds = grain.experimental.FirstFitPackIterDataset(
-      ds, length_struct=length_struct, num_packing_bins=max(2 * batch_size, 8), seed=seed,
-      shuffle_bins=True)
+      ds, length_struct=dict(feature_lengths), num_packing_bins=max(2 * batch_size, 8),
+      seed=seed, shuffle_bins=True)
   return ds.map(_tidy_packed)
 
 
-def train_iterator(source: EncodedSource, *, task: str, lengths: Lengths, batch_size: int,
-                   seed: int,
+def train_iterator(source: EncodedSource, *, task, lengths: Lengths, batch_size: int, seed: int,
                    pack: bool = True, overlong: str = "drop", process_index: int = 0,
                    process_count: int = 1, prefetch: int = 2,
-                   counter: OverlongCounter | None = None) -> tuple[grain.DatasetIterator, OverlongCounter]:
+                   counter: OverlongCounter | None = None
+                   ) -> tuple[grain.DatasetIterator, OverlongCounter]:
   """An endless, shuffled (reshuffled every epoch), checkpointable iterator of training batches.
 
   Args:
     source: token ids of the training split.
-    task: "translation" or "lm".
+    task: the run's Task (how an example becomes features).
     lengths: maximum lengths. batch_size: rows per batch on this process.
     seed: shuffle seed. pack: pack several examples per row.
     overlong: "drop" or "truncate" examples longer than `lengths`.
@@ -189,14 +177,15 @@ def train_iterator(source: EncodedSource, *, task: str, lengths: Lengths, batch_
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]  # Disjoint shards that together cover the data.
   ds = ds.shuffle(seed=seed).repeat(None)
-  ds = ds.map(Tokenize(task, lengths, overlong, counter))
+  ds = ds.map(Frame(task, lengths, overlong, counter))
   # Filtered (None) examples are skipped here. No reader threads: grain's default thread pool
-  # costs more than it saves for cheap in-memory examples (measured: 3x slower batches).
+  # costs more than it saves for cheap in-memory examples (benchmarks/README.md).
   ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  feature_lengths = task.feature_lengths(lengths)
   if pack:
-    ids = _packed(ids, lengths, task, batch_size, seed)
+    ids = _packed(ids, feature_lengths, batch_size, seed)
   else:
-    ids = ids.map(PadUnpacked(lengths))
+    ids = ids.map(PadUnpacked(feature_lengths))
   batches = ids.batch(batch_size, drop_remainder=True)
   if prefetch:  # Prepare the next batches in a thread while the device computes.
     batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
@@ -259,7 +248,7 @@ def sharded_train_iterator(source: EncodedSource, *, batch_size: int, num_shards
   return ShardedBatches(iterators, process_index * per_process), counter
 
 
-def eval_batches(source: EncodedSource, *, task: str, lengths: Lengths, batch_size: int,
+def eval_batches(source: EncodedSource, *, task, lengths: Lengths, batch_size: int,
                  limit: int | None = None
                  ) -> tuple[Iterator[dict[str, np.ndarray]], OverlongCounter]:
   """Every example of a split once, in order, unpacked; over-long examples are truncated (so
@@ -268,8 +257,8 @@ def eval_batches(source: EncodedSource, *, task: str, lengths: Lengths, batch_si
   ds = grain.MapDataset.source(source)
   if limit is not None:
     ds = ds[:limit]
-  ds = ds.map(Tokenize(task, lengths, "truncate", counter))
-  ds = ds.map(PadUnpacked(lengths))
+  ds = ds.map(Frame(task, lengths, "truncate", counter))
+  ds = ds.map(PadUnpacked(task.feature_lengths(lengths)))
   ds = ds.batch(batch_size, batch_fn=lambda xs: _stack_and_pad(xs, batch_size))
   return iter(ds), counter
 

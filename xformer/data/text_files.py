@@ -13,10 +13,12 @@ import logging
 import os
 from typing import Iterator
 
+from xformer import errors
+
 BAD_LINE_POLICIES = ("skip", "error")
 
 
-class BadLineError(ValueError):
+class BadLineError(errors.UserError, ValueError):
   """A line of a user file that cannot be used, with its file and line number."""
 
 

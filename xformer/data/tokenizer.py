@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 from etils import epath
 
+from xformer import errors
+
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe")
 
@@ -47,8 +49,9 @@ class TokenizerSettings:
 class Tokenizer:
   """A SentencePiece model with the id conventions above."""
 
-  def __init__(self, model_proto: bytes):
+  def __init__(self, model_proto: bytes, origin: str = ""):
     self.model_proto = model_proto
+    self.origin = origin  # Where it came from, for people ("cache /path", "trained in 3.2s").
     self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
     if (self.sp.pad_id(), self.sp.eos_id(), self.sp.bos_id(), self.sp.unk_id()) != (
         PAD_ID, EOS_ID, BOS_ID, UNK_ID):
@@ -85,8 +88,8 @@ class Tokenizer:
     _atomic_write(path, self.model_proto)
 
   @classmethod
-  def load(cls, path: str) -> "Tokenizer":
-    return cls(epath.Path(path).read_bytes())
+  def load(cls, path: str, origin: str | None = None) -> "Tokenizer":
+    return cls(epath.Path(path).read_bytes(), origin or str(path))
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -135,23 +138,24 @@ def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_
   key = cache_key(fingerprint, settings)
   meta = {"key": key, "fingerprint": fingerprint, **dataclasses.asdict(settings)}
   if workdir:
-    path = os.path.join(workdir, "tokenizer.model")
-    if epath.Path(path).exists():
+    path = epath.Path(workdir) / "tokenizer.model"
+    if path.exists():
       stored = json.loads((epath.Path(workdir) / "tokenizer.json").read_text())
       if stored["key"] != key:
-        raise ValueError(f"{workdir} holds a tokenizer trained with {stored}, but the config asks "
-                         f"for {meta}. Use a new workdir, or the settings of the old one.")
-      return Tokenizer.load(path)
-  cached = os.path.join(os.path.expanduser(cache_dir), f"{key}.model")
-  if os.path.exists(cached):
-    tok = Tokenizer.load(cached)
-    logging.info("Tokenizer from cache %s (vocab %d).", cached, tok.vocab_size)
+        raise errors.ConfigError(
+            f"{workdir} holds a tokenizer trained with {stored}, but the config asks for {meta}. "
+            "Use a new workdir, or the settings of the old one.")
+      return Tokenizer.load(str(path), f"the workdir's {path}")
+  cache_dir = cache_dir if "://" in cache_dir else os.path.expanduser(cache_dir)
+  cached = epath.Path(cache_dir) / f"{key}.model"
+  if cached.exists():
+    tok = Tokenizer.load(str(cached), f"cache {cached}")
   else:
     start = time.time()
     tok = train(texts_fn(), settings)
-    tok.save(cached)
-    logging.info("Trained tokenizer (vocab %d) in %.1fs; cached at %s.", tok.vocab_size,
-                 time.time() - start, cached)
+    tok.save(str(cached))
+    tok.origin = f"trained in {time.time() - start:.1f}s, cached at {cached}"
+  logging.info("Tokenizer (vocab %d): %s.", tok.vocab_size, tok.origin)
   if workdir:
     tok.save(os.path.join(workdir, "tokenizer.model"))
     _atomic_write(os.path.join(workdir, "tokenizer.json"), json.dumps(meta, indent=1).encode())

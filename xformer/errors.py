@@ -1,0 +1,38 @@
+"""Errors a user causes, kept apart from bugs: the command-line tools print them as one line and
+exit with status 2 (the traceback with --verbosity=1); anything else is a bug and keeps its
+traceback.
+
+Each message says what was wrong, what was expected and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+USAGE_EXIT_CODE = 2
+
+
+class UserError(Exception):
+  """A mistake in a config, a flag, a path or a file: fixable by the user, not a bug."""
+
+  def __str__(self) -> str:  # KeyError subclasses would otherwise print their message quoted.
+    return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that cannot work (found before any data is read or anything compiled)."""
+
+
+class UnknownNameError(UserError, KeyError):
+  """A name (encoding, task, dataset, variant...) that is not registered."""
+
+
+class WorkdirError(UserError, OSError):
+  """A workdir that cannot be written."""
+
+
+def check_choice(name: str, value: Any, valid: Iterable[Any]) -> None:
+  """Raises ConfigError when `value` is not one of `valid`, listing them."""
+  valid = list(valid)
+  if value not in valid:
+    raise ConfigError(f"{name}={value!r} is not valid; choose one of {valid}.")
