@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import common  # noqa: E402
 from xformer import model as model_lib  # noqa: E402
 from xformer import tasks  # noqa: E402
+from xformer.data import pipeline  # noqa: E402
 from xformer import host_memory, steps, variants  # noqa: E402
 
 
@@ -37,16 +38,14 @@ def compiled_step(cfg, task: str, batch: int, seq: int, loss_chunk: int = 0):
   params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
   state = steps.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params,
                            jax.eval_shape(tx.init, params))
-  tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-  names = ["targets", "targets_in", "targets_positions", "targets_segment_ids"]
-  if task == "translation":
-    names += ["inputs", "inputs_positions", "inputs_segment_ids"]
-  fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                 schedule=lambda s: 1e-3, label_smoothing=0.1,
-                                 loss_chunk=loss_chunk),
-               donate_argnums=(0,))
+  layout = pipeline.row_lengths(tasks.get(task), pipeline.Lengths(seq, seq))
+  shapes = {k: jax.ShapeDtypeStruct((batch, n), jnp.int32) for k, n in layout.items()}
+  loss_fn = functools.partial(steps.loss_sums, task=tasks.get(task), model=model,
+                              label_smoothing=0.1, chunk=loss_chunk)
+  fn = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx,
+                                 schedule=lambda s: 1e-3), donate_argnums=(0,))
   start = time.perf_counter()
-  compiled = fn.lower(state, {n: tokens for n in names}, jax.random.key(0)).compile()
+  compiled = fn.lower(state, shapes, jax.random.key(0)).compile()
   return compiled, time.perf_counter() - start
 
 

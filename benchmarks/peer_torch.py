@@ -34,9 +34,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
-import flops as flops_lib  # noqa: E402
 from xformer import model as model_lib  # noqa: E402
-from xformer import host_memory, optim, steps, variants  # noqa: E402
+from xformer import flops as flops_lib, host_memory, optim, steps, tasks, variants  # noqa: E402
 
 SIZES = {  # name: (d_model, heads, d_ff, layers each side, batch, length)
     "d256-3+3-B16": (256, 4, 1024, 3, 16, 64),
@@ -61,9 +60,10 @@ def ours(d, heads, ff, layers, vocab):
   tx = optax.adam(optim.rsqrt_schedule(d, 4000), 0.9, 0.98, 1e-9)
   params = model_lib.init_params(model, jax.random.key(0))
   state = steps.TrainState(np.int32(0), params, tx.init(params))
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                   schedule=optim.rsqrt_schedule(d, 4000), label_smoothing=0.1),
-                 donate_argnums=(0,))
+  loss_fn = functools.partial(steps.loss_sums, task=tasks.get("translation"), model=model,
+                              label_smoothing=0.1)
+  step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx,
+                                   schedule=optim.rsqrt_schedule(d, 4000)), donate_argnums=(0,))
   return step, state
 
 
@@ -152,8 +152,8 @@ def main(argv=None):
       times["torch"].append((time.perf_counter() - start) / args.steps)
     ours_s, torch_s = statistics.median(times["ours"]), statistics.median(times["torch"])
     tokens = 2 * batch * length
-    tflop = flops_lib.train_step_flops(config(d, heads, ff, layers, args.vocab), "translation",
-                                       batch, length, length) / 1e12
+    tflop = flops_lib.train_step_flops(config(d, heads, ff, layers, args.vocab), batch, length,
+                                       length) / 1e12
     torch_of_peak = tflop / torch_s / peak
     rows.append({"size": name, "ours_ms": 1e3 * ours_s, "torch_ms": 1e3 * torch_s,
                  "ours_tok_s": tokens / ours_s, "torch_tok_s": tokens / torch_s,

@@ -27,9 +27,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
-import flops as flops_lib  # noqa: E402
 from xformer import host_memory, positional  # noqa: E402
-from xformer import config_lib, train  # noqa: E402
+from xformer import config_lib, flops as flops_lib, train  # noqa: E402
 
 # Dense peak TFLOP/s per chip by device_kind substring (bf16; fp32 in brackets where used).
 PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
@@ -68,7 +67,7 @@ def bench_one(config_path: str, encoding: str, args, peak: float) -> dict:
                   if "inputs" in b else (b["targets_segment_ids"] > 0).sum()
                   for b in batches[timed]])
   slots = rows * (tgt_len + src_len)
-  model_flops = flops_lib.train_step_flops(run.model_config, config.task, rows, src_len, tgt_len)
+  model_flops = flops_lib.train_step_flops(run.model_config, rows, src_len, tgt_len)
   return {"config": os.path.basename(config_path), "posemb": encoding, "batch": rows,
           "S": src_len, "T": tgt_len, "compile_s": compile_s, "step_ms": 1e3 * step_s,
           "real_tok_s": real / step_s, "slot_tok_s": slots / step_s,

@@ -35,7 +35,7 @@ def translation_data(data_dir):
   from xformer.data import datasets, tokenizer  # pylint: disable=import-outside-toplevel
   ds = datasets.load({"dataset": "xformer_translation", "data_dir": data_dir})
   settings = tokenizer.TokenizerSettings(vocab_size=2000, model_type="bpe", sample_size=20_000)
-  tok = tokenizer.get_or_train(lambda: ds.texts("train"), ds.fingerprint, settings,
+  tok = tokenizer.get_or_train(lambda n: ds.sample_texts("train", n), ds.fingerprint, settings,
                                f"{data_dir}/tokenizers")
   return ds, tok
 

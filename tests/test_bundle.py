@@ -126,7 +126,17 @@ def test_lm_bundle_generates_scores_and_samples(small_files, tmp_path):
   greedy = b.generate("the poet", max_len=24, temperature=0.0)
   assert greedy == b.generate("the poet", max_len=24, top_k=1, seed=7)
   scored = b.score(["the poet sings ."])[0]
-  assert scored.pieces[-1] == "</s>" and np.all(scored.logprobs <= 0)
+  assert scored.pieces[-1] == "</s>"
+  # The per-token log-probs are the training loss's: the eval step's nll of the same text.
+  task, text = b.run.task, np.array(b.tokenizer.encode("the poet sings ."))
+  lengths = pipeline.Lengths(16, 16)
+  example = pipeline.Frame(task, lengths, "drop", pipeline.OverlongCounter()).map((text,))
+  batch = {k: v[None] for k, v in pipeline.PadUnpacked(task.feature_lengths(lengths)).map(
+      example).items()}
+  sums = steps.loss_sums(b.params, batch, None, None, task=task, model=b.model,
+                         label_smoothing=0.0)
+  np.testing.assert_allclose(scored.nll, float(sums["nll"] / sums["weight"]), rtol=1e-5)
+  assert int(sums["weight"]) == len(scored.ids) == len(text) + 1
   maps = b.attention_maps("the poet sings .")
   assert set(maps) == {"decoder_self", "target_pieces"}
   out = _one_device(["xformer.sample", f"--workdir={workdir}", "--prompt=the poet",

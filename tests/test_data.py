@@ -1,6 +1,7 @@
 """Data: deterministic builds, disjoint splits, tokenizer round trips and caching, user files."""
 
 import os
+import random
 
 import pytest
 
@@ -64,24 +65,35 @@ def test_tokenizer_round_trips_both_corpora(translation_data, data_dir):
     assert tok.decode(tok.encode(line)) == tok.normalize(line)
   assert tok.decode(tok.encode(lines[0]) + [tokenizer.EOS_ID, 5, 6]) == tok.normalize(lines[0])
   lm = datasets.load({"dataset": "xformer_pydoc", "data_dir": data_dir})
-  lm_tok = tokenizer.train(lm.texts("train"), tokenizer.TokenizerSettings(vocab_size=1000))
+  lm_tok = tokenizer.train(lm.sample_texts("train", 10**9),
+                           tokenizer.TokenizerSettings(vocab_size=1000))
   for (line,) in lm.examples("test"):  # Unseen characters too: byte fallback covers them.
     assert lm_tok.decode(lm_tok.encode(line)) == lm_tok.normalize(line)
+
+
+def test_streamed_tokenizer_sample_is_the_in_memory_sample(translation_data):
+  """Dataset.sample_texts reads only its sample, in sorted chunks, yet draws exactly what
+  random.sample over every string of the split (both sides, in order) would, in that order."""
+  ds, _ = translation_data
+  every = [text for pair in ds.examples("validation") for text in pair]  # 4,000 strings
+  assert ds.sample_texts("validation", 10**6) == every
+  assert ds.sample_texts("validation", 1234, chunk=100) == random.Random(0).sample(every, 1234)
+  assert ds.sample_texts("validation", 1234, seed=1) != ds.sample_texts("validation", 1234)
 
 
 def test_tokenizer_cache_and_workdir_copy(tmp_path, monkeypatch):
   texts = [f"sentence number {i} with some words" for i in range(300)]
   settings = tokenizer.TokenizerSettings(vocab_size=400, model_type="bpe")
-  first = tokenizer.get_or_train(lambda: texts, "fp", settings, str(tmp_path / "cache"),
+  first = tokenizer.get_or_train(lambda n: texts[:n], "fp", settings, str(tmp_path / "cache"),
                                  str(tmp_path / "run"))
   monkeypatch.setattr(tokenizer, "train", lambda *a, **k: pytest.fail("trained twice"))
-  again = tokenizer.get_or_train(lambda: texts, "fp", settings, str(tmp_path / "cache"),
+  again = tokenizer.get_or_train(lambda n: texts[:n], "fp", settings, str(tmp_path / "cache"),
                                  str(tmp_path / "run2"))
   assert again.model_proto == first.model_proto
   assert os.path.exists(tmp_path / "run2" / "tokenizer.model")
   other = tokenizer.TokenizerSettings(vocab_size=410, model_type="bpe")
   with pytest.raises(ValueError, match="holds a tokenizer trained with"):
-    tokenizer.get_or_train(lambda: texts, "fp", other, str(tmp_path / "cache"),
+    tokenizer.get_or_train(lambda n: texts[:n], "fp", other, str(tmp_path / "cache"),
                            str(tmp_path / "run"))
 
 

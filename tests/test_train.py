@@ -69,7 +69,7 @@ def test_gradient_accumulation_equals_the_full_batch(small_files):
 
 def test_resumed_run_equals_uninterrupted_run(small_files, tmp_path):
   whole = str(tmp_path / "whole")
-  train.train_and_evaluate(small_config(small_files, test_bleu_examples=16), whole)
+  whole_final = train.train_and_evaluate(small_config(small_files, test_bleu_examples=16), whole)
   parts = str(tmp_path / "parts")
   train.train_and_evaluate(small_config(small_files, num_train_steps=3), parts)
   final = train.train_and_evaluate(small_config(small_files, test_bleu_examples=16),
@@ -80,7 +80,8 @@ def test_resumed_run_equals_uninterrupted_run(small_files, tmp_path):
   crcs = _losses(whole, "data/batch_crc32")
   assert _losses(parts, "data/batch_crc32") == crcs  # ...from the same batches...
   assert len(set(crcs.values())) == 6  # ...which differ from step to step.
-  assert final["test/bleu"] >= 0.0 and np.isfinite(final["test/loss"])
+  # Same parameters, same decoding: the resumed run's final metrics are the uninterrupted run's.
+  assert final == whole_final and "test/bleu" in final
   again = train.train_and_evaluate(small_config(small_files), parts)
   assert again == {}  # Already finished: reported, not restarted.
 

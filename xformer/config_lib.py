@@ -104,7 +104,8 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       dataset=tasks.get(task).default_dataset,
       # files: JSON {split: [source, target] | [tsv] | [text files]} for the *_files datasets.
-      data_dir="", download=True, files="", source_lang="en", target_lang="de",
+      # raw_dir: a real dataset's raw files at hand instead of the network (data/downloads.py).
+      data_dir="", download=True, raw_dir="", files="", source_lang="en", target_lang="de",
       on_bad_line="skip", max_chars=10_000, max_source_len=64, max_target_len=64, pack=True,
       overlong="drop", pretokenize=True, eval_split="validation", test_split="test",
       # Logical data shards (0: one per process). Fix it to the largest process count you will

@@ -87,12 +87,10 @@ def bleu_scores(hypotheses: Sequence[str], references: Sequence[str], *, lang: s
     from xformer.metric_writer import log_line  # pylint: disable=import-outside-toplevel
     log_line("BLEU: this dataset's text is already tokenized (\"word .\"); sacreBLEU scores it "
              "as it is (its 'tokenized period' warning does not apply).")
-  sacre = sacrebleu.BLEU()
-  score = sacre.corpus_score(hyps, [refs]) if not pretokenized else sacrebleu.corpus_bleu(
-      hyps, [refs], force=True)
-  tokenized = sacrebleu.corpus_bleu([_t2t_tokens(h, lang) for h in hyps],
-                                    [[_t2t_tokens(r, lang) for r in refs]], tokenize="none",
-                                    force=True)
+  sacre = sacrebleu.BLEU(force=pretokenized)
+  score = sacre.corpus_score(hyps, [refs])
+  tokenized = sacrebleu.BLEU(tokenize="none", force=True).corpus_score(
+      [_t2t_tokens(h, lang) for h in hyps], [[_t2t_tokens(r, lang) for r in refs]])
   return {"bleu": float(score.score), "bleu_tokenized": float(tokenized.score),
           "signature": str(sacre.get_signature())}
 
@@ -101,6 +99,13 @@ def bleu_scores(hypotheses: Sequence[str], references: Sequence[str], *, lang: s
 def _moses(lang: str):
   from sacremoses import MosesTokenizer  # pylint: disable=import-outside-toplevel
   return MosesTokenizer(lang=lang)
+
+
+def sacrebleu_signature() -> str:
+  """The signature of `bleu_scores`' sacreBLEU (its defaults: 13a, mixed case, exp smoothing)."""
+  bleu = sacrebleu.BLEU()
+  bleu.corpus_score(["x"], [["x"]])
+  return str(bleu.get_signature())
 
 
 def _t2t_tokens(text: str, lang: str) -> str:
@@ -116,9 +121,13 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
 
 def evaluate_workdir(workdir: str, *, step: int | None = None, average_last: int = 1,
                      split: str | None = None, limit: int = 0, data_dir: str = "",
-                     **decode_overrides: Any) -> dict[str, Any]:
+                     beam: int | None = None, alpha: float | None = None,
+                     max_extra: int | None = None) -> dict[str, Any]:
   """Evaluates a finished (or running) run's checkpoint, averaged over its `average_last`
-  newest, on `split` (default: the config's test split); writes and returns the report."""
+  newest, on `split` (default: the config's test split); writes and returns the report.
+
+  `beam`, `alpha` and `max_extra` override the run's config.decode (None: keep it).
+  """
   from xformer import bundle, record  # pylint: disable=import-outside-toplevel
   from xformer.data.inputs import Inputs  # pylint: disable=import-outside-toplevel
   run, _, ckpt, step, workdir = bundle.load_run(workdir, step, devices=jax.local_devices())
@@ -128,14 +137,15 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, average_last: int
   if data_dir:
     config.data.data_dir = data_dir
   split = split or config.data.test_split
+  overrides = {"beam_size": beam, "alpha": alpha, "max_extra": max_extra}
   settings = dataclasses.replace(decode.Settings(**config.decode), **{
-      k: v for k, v in decode_overrides.items() if v is not None})
+      k: v for k, v in overrides.items() if v is not None})
   ctx = Context(run, Inputs(config, run.task, workdir), settings, config.eval_batch_size)
   metrics = evaluate(ctx, params, split, loss_limit=limit, metric_limit=limit, thorough=True)
   report = {"workdir": workdir, "step": step, "averaged_steps": used, "split": split,
             "limit": limit or None, "decode": dataclasses.asdict(settings), "metrics": metrics}
   if f"{split}/bleu" in metrics:
-    report["sacrebleu_signature"] = str(sacrebleu.BLEU().get_signature())
+    report["sacrebleu_signature"] = sacrebleu_signature()
   name = f"eval_{split}_step{step}" + (f"_avg{len(used)}" if used else "") + (
       f"_beam{settings.beam_size}_limit{limit}" if limit else f"_beam{settings.beam_size}")
   write_json(f"{workdir}/{name}.json", report)
@@ -175,7 +185,7 @@ def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
   report = evaluate_workdir(f.workdir, step=f.step, average_last=f.average_last, split=f.split,
-                            limit=f.limit, data_dir=f.data_dir, beam_size=f.beam, alpha=f.alpha,
+                            limit=f.limit, data_dir=f.data_dir, beam=f.beam, alpha=f.alpha,
                             max_extra=f.max_extra)
   print(format_report(report), flush=True)
 

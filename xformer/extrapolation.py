@@ -3,10 +3,11 @@
 LM: perplexity of the evaluation text cut into windows of 1x, 2x, 4x and 8x the training length
 L, and per position bucket inside the longest window. An encoding with a learned table
 (positional.LIMITED_TO_MAX_LEN) cannot read past model.max_len: those cells are None, never
-numbers from untrained table rows. Translation: BLEU and exact match per split (`test` against
-`test_long`, whose sources are longer than any in training).
+numbers from untrained table rows; so are lengths the text is too short to fill once.
+Translation: BLEU and exact match per split (`test` against `test_long`, whose sources are
+longer than any in training).
 
-Used by the evaluate command (--thorough), experiments/length_generalization.py and the sweep.
+Used by the evaluate command, experiments/length_generalization.py and the sweep.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def lm_report(logits_fn: Callable[[np.ndarray], Any], token_lists: Sequence[Sequ
       report["ppl"][k] = None  # Cannot be evaluated: positions past the learned table.
       continue
     rows = token_windows(token_lists, window, bos)
+    if not len(rows):  # Not enough text for one window of this length.
+      report["ppl"][k] = None
+      continue
     nll = position_nll(logits_fn, rows, batch_size)
     report["ppl"][k] = math.exp(min(float(nll.mean()), 50.0))
     report["windows"][k] = len(rows)

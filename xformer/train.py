@@ -153,22 +153,24 @@ class HostChecks:
                                f"{step}: giving up (max_consecutive_skips).")
 
 
-def describe(run: Run, inputs: Inputs) -> str:
+def describe(run: Run, inputs: Inputs | None = None) -> str:
   """What was built and where it came from, printed before the first step."""
-  cfg, mesh, data = run.model_config, run.mesh, inputs.describe()
-  devices = mesh.devices.flat[0]
-  return "\n".join([
+  cfg, mesh = run.model_config, run.mesh
+  lines = [
       f"Model: {run.task.name}, {type(run.model).__name__} {run.config.model.variant} "
       f"(d_model {cfg.d_model}, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
       f"{cfg.num_heads} heads, d_ff {cfg.d_ff}), posemb {cfg.posemb}, "
       f"{run.num_params:,} parameters, {cfg.dtype.name} compute",
       f"Mesh: {' x '.join(f'{k} {v}' for k, v in mesh.shape.items())} over {mesh.devices.size} "
-      f"{devices.platform} devices ({jax.process_count()} process(es))",
-      f"Data: {data['dataset']} from {inputs.dataset_dir} (ready in "
-      f"{inputs.seconds['dataset']:.1f}s): " + ", ".join(
-          f"{k} {v:,}" for k, v in data["splits"].items()),
-      f"Tokenizer: {run.config.tokenizer.model_type}, vocab {data['vocab_size']:,}, "
-      f"{inputs.tokenizer.origin} ({inputs.seconds['tokenizer']:.1f}s)"])
+      f"{mesh.devices.flat[0].platform} devices ({jax.process_count()} process(es))"]
+  if inputs is not None:
+    data = inputs.describe()
+    lines += [f"Data: {data['dataset']} from {inputs.dataset_dir} (ready in "
+              f"{inputs.seconds['dataset']:.1f}s): " + ", ".join(
+                  f"{k} {v:,}" for k, v in data["splits"].items()),
+              f"Tokenizer: {run.config.tokenizer.model_type}, vocab {data['vocab_size']:,}, "
+              f"{inputs.tokenizer.origin} ({inputs.seconds['tokenizer']:.1f}s)"]
+  return "\n".join(lines)
 
 
 def _writable_workdir(workdir: str) -> str:

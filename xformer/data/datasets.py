@@ -17,14 +17,15 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable, Iterator, Sequence
+import random
+from typing import Any, Callable, Sequence
 
 import tensorflow_datasets as tfds
 
 from etils import epath
 
 from xformer import errors, registry
-from xformer.data import builders, synthetic
+from xformer.data import builders, downloads, synthetic
 
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 
@@ -66,10 +67,24 @@ class Dataset:
     """Every example of a split, decoded, read in one batch."""
     return [tuple(text_of(raw[k]) for k in self.keys) for raw in read_all(self.split(split))]
 
-  def texts(self, split: str = "train") -> Iterator[str]:
-    """Every string of a split (both sides for translation), for tokenizer training."""
-    for example in self.examples(split):
-      yield from example
+  def sample_texts(self, split: str, size: int, seed: int = 0,
+                   chunk: int = 65_536) -> list[str]:
+    """`size` strings of a split (both sides of a pair count), drawn without replacement with a
+    seeded `random.sample` (every string, in order, when there are fewer), for tokenizer
+    training. Only the sample is ever held: records are read in sorted chunks."""
+    source, k = self.split(split), len(self.keys)
+    total = len(source) * k
+    picks = range(total) if size >= total else random.Random(seed).sample(range(total), size)
+    wanted = sorted({p // k for p in picks})
+    texts: dict[int, str] = {}
+    for start in range(0, len(wanted), chunk):
+      rows = wanted[start:start + chunk]
+      records = source.__getitems__(rows) if hasattr(source, "__getitems__") else [
+          source[i] for i in rows]
+      for i, raw in zip(rows, records):
+        for j, key in enumerate(self.keys):
+          texts[i * k + j] = text_of(raw[key])
+    return [texts[p] for p in picks if texts[p]]
 
 
 def read_all(source: Sequence[Any]) -> list[Any]:
@@ -85,24 +100,31 @@ def text_of(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _prepared(builder: tfds.core.DatasetBuilder, download: bool, hint: str) -> None:
+show_progress = False  # TFDS progress bars while preparing (xformer.data.prepare sets it).
+
+
+def _prepared(builder: tfds.core.DatasetBuilder, cfg, hint: str) -> None:
   if (epath.Path(builder.data_dir) / "dataset_info.json").exists():
     return
-  if not download:
+  if not cfg.get("download", True):
     raise DataUnavailableError(f"Dataset {builder.name} is not prepared in {builder.data_dir} "
                                f"and data.download=False. {hint}")
-  tfds.disable_progress_bar()
+  logging.warning("Preparing dataset %s %s in %s (once; `python -m xformer.data.prepare` shows "
+                  "progress).", builder.name, builder.version, builder.data_dir)
+  tfds.display_progress_bar(show_progress)
   try:
-    builder.download_and_prepare(file_format="array_record")
+    downloads.download_and_prepare(builder, cfg.get("raw_dir") or None)
+  except errors.UserError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise DataUnavailableError(
         f"Could not prepare dataset {builder.name} in {builder.data_dir}: "
         f"{type(e).__name__}: {str(e)[:300]}. {hint}") from e
 
 
-def _from_builder(builder: tfds.core.DatasetBuilder, kind: str, keys: tuple[str, ...],
-                  download: bool = True, hint: str = "", pretokenized: bool = False) -> Dataset:
-  _prepared(builder, download, hint)
+def _from_builder(builder: tfds.core.DatasetBuilder, kind: str, keys: tuple[str, ...], cfg,
+                  hint: str = "", pretokenized: bool = False) -> Dataset:
+  _prepared(builder, cfg, hint)
   splits = {name: builder.as_data_source(split=name) for name in builder.info.splits}
   fingerprint = f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
   fingerprint += f"/{builder.version}/{json.dumps(sorted(keys))}"
@@ -147,13 +169,13 @@ def _register(name: str, kind: str, splits: tuple[str, ...] | None):
 def _embedded_translation(cfg) -> Dataset:
   builder = builders.XformerTranslation(data_dir=data_dir(cfg), file_format="array_record")
   # Its text is tokenized ("the poet sings ."): BLEU scores it as it is (evaluate.bleu_scores).
-  return _from_builder(builder, "translation", ("source", "target"), pretokenized=True)
+  return _from_builder(builder, "translation", ("source", "target"), cfg, pretokenized=True)
 
 
 @_register("xformer_pydoc", "lm", ("train", "validation", "test"))
 def _embedded_lm(cfg) -> Dataset:
   builder = builders.XformerPydoc(data_dir=data_dir(cfg), file_format="array_record")
-  return _from_builder(builder, "lm", ("text",))
+  return _from_builder(builder, "lm", ("text",), cfg)
 
 
 def _files(cfg) -> dict[str, list[str]]:
@@ -180,18 +202,20 @@ def _files_config(cfg) -> builders.FilesConfig:
 def _parallel_files(cfg) -> Dataset:
   builder = builders.XformerParallelText(config=_files_config(cfg), data_dir=data_dir(cfg),
                                          file_format="array_record")
-  return _from_builder(builder, "translation", ("source", "target"))
+  return _from_builder(builder, "translation", ("source", "target"), cfg)
 
 
 @_register("text_files", "lm", None)
 def _text_files(cfg) -> Dataset:
   builder = builders.XformerPlainText(config=_files_config(cfg), data_dir=data_dir(cfg),
                                       file_format="array_record")
-  return _from_builder(builder, "lm", ("text",))
+  return _from_builder(builder, "lm", ("text",), cfg)
 
 
-_NETWORK_HINT = ("Real datasets need the network the first time: run once where it is "
-                 "reachable, or prepare them elsewhere and point data.data_dir at the copy.")
+_NETWORK_HINT = ("Real datasets need the network the first time (`python -m "
+                 "xformer.data.prepare --config=...`): run it where the network is reachable, "
+                 "give the raw files with data.raw_dir, or prepare elsewhere and point "
+                 "data.data_dir at the copy.")
 
 
 def _wmt(name: str):
@@ -204,8 +228,7 @@ def _wmt(name: str):
     if {src, tgt} != set(pair):
       raise errors.ConfigError(f"{name} holds languages {pair}; data.source_lang={src!r} and "
                                f"data.target_lang={tgt!r} must be those two, in either order.")
-    return _from_builder(builder, "translation", (src, tgt), cfg.get("download", True),
-                         _NETWORK_HINT)
+    return _from_builder(builder, "translation", (src, tgt), cfg, _NETWORK_HINT)
   return load_wmt
 
 
@@ -216,7 +239,7 @@ for _name in ("wmt14_translate/de-en", "wmt17_translate/de-en"):
 @_register("lm1b", "lm", ("train", "test"))
 def _lm1b(cfg) -> Dataset:
   builder = tfds.builder("lm1b", data_dir=data_dir(cfg), file_format="array_record")
-  return _from_builder(builder, "lm", ("text",), cfg.get("download", True), _NETWORK_HINT)
+  return _from_builder(builder, "lm", ("text",), cfg, _NETWORK_HINT)
 
 
 def load(cfg) -> Dataset:

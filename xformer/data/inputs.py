@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from xformer import errors
+from xformer.metric_writer import log_line
 from xformer.data import datasets, pipeline, tokenizer as tokenizer_lib
 
 
@@ -25,8 +26,8 @@ def tokenizer_for(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
       k: v for k, v in config.tokenizer.to_dict().items() if k != "cache_dir"})
   cache_dir = config.tokenizer.cache_dir or os.path.join(datasets.data_dir(config.data),
                                                          "xformer_tokenizers")
-  return tokenizer_lib.get_or_train(lambda: dataset.texts("train"), dataset.fingerprint,
-                                    settings, cache_dir, workdir)
+  return tokenizer_lib.get_or_train(lambda n: dataset.sample_texts("train", n),
+                                    dataset.fingerprint, settings, cache_dir, workdir, log_line)
 
 
 class Inputs:

@@ -119,6 +119,17 @@ def _pad_to(x: np.ndarray, length: int) -> np.ndarray:
   return np.pad(x, (0, length - len(x)))
 
 
+def row_lengths(task, lengths: Lengths) -> dict[str, int]:
+  """Every key of a `task` batch and its row length (all int32 [B, length]): the task's
+  features plus segment ids and positions of each side."""
+  out = {}
+  for key, length in task.feature_lengths(lengths).items():
+    out[key] = length
+    if key in SIDES:
+      out[f"{key}_segment_ids"] = out[f"{key}_positions"] = length
+  return out
+
+
 class PadUnpacked(grain.transforms.Map):
   """One example per row: pad every feature to its length; segment ids (1 / 0) and positions
   for each side."""

@@ -108,8 +108,9 @@ def cache_key(fingerprint: str, settings: TokenizerSettings) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train(texts: Iterable[str], settings: TokenizerSettings, seed: int = 0) -> Tokenizer:
-  """Trains SentencePiece on a seeded sample of `texts` (deterministic for given inputs)."""
+def train(texts: Sequence[str], settings: TokenizerSettings, seed: int = 0) -> Tokenizer:
+  """Trains SentencePiece on `texts`, or a seeded sample of settings.sample_size of them
+  (deterministic for given inputs; Dataset.sample_texts draws the same sample from disk)."""
   texts = [t for t in texts if t]
   if len(texts) > settings.sample_size:
     texts = random.Random(seed).sample(texts, settings.sample_size)
@@ -125,15 +126,16 @@ def train(texts: Iterable[str], settings: TokenizerSettings, seed: int = 0) -> T
 
 
 def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_dir: str,
-                 workdir: str | None = None) -> Tokenizer:
+                 workdir: str | None = None, say=logging.info) -> Tokenizer:
   """The run's tokenizer: the workdir's copy, else the cache, else a newly trained one.
 
   Args:
-    texts_fn: callable returning the training texts (only called when training is needed).
+    texts_fn: texts_fn(n) returns at most n training texts (called only to train).
     fingerprint: identifies the data (Dataset.fingerprint).
     settings: training settings.
     cache_dir: where trained models are cached across runs.
     workdir: the run directory; its tokenizer wins, and a copy is written there.
+    say: where progress goes (a line before training, which can take a while).
   """
   key = cache_key(fingerprint, settings)
   meta = {"key": key, "fingerprint": fingerprint, **dataclasses.asdict(settings)}
@@ -152,7 +154,9 @@ def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_
     tok = Tokenizer.load(str(cached), f"cache {cached}")
   else:
     start = time.time()
-    tok = train(texts_fn(), settings)
+    say(f"Training the tokenizer ({settings.model_type}, vocab {settings.vocab_size:,}) on up "
+        f"to {settings.sample_size:,} sentences; cached for later runs at {cached}.")
+    tok = train(texts_fn(settings.sample_size), settings)
     tok.save(str(cached))
     tok.origin = f"trained in {time.time() - start:.1f}s, cached at {cached}"
   logging.info("Tokenizer (vocab %d): %s.", tok.vocab_size, tok.origin)

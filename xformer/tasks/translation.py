@@ -66,7 +66,7 @@ class Translation(base.Task):
     scores = evaluate.bleu_scores(hyps, refs, lang=ctx.inputs.target_lang,
                                   pretokenized=ctx.inputs.dataset.pretokenized)
     for s, h, r in list(zip(srcs, hyps, refs))[:num_samples]:
-      log_line(f"  source:     {s}\n  reference:  {r}\n  hypothesis: {h}")
+      log_line(f"  source:     {_clip(s)}\n  reference:  {_clip(r)}\n  hypothesis: {_clip(h)}")
     return {f"{split}/{k}": v for k, v in scores.items() if isinstance(v, float)}
 
   def translate_split(self, ctx, params, split: str, limit: int | None
@@ -125,3 +125,8 @@ class Translation(base.Task):
                  if s > -1e8]
         out.append(texts if nbest else texts[0][0])
     return out
+
+
+def _clip(text: str, width: int = 300) -> str:
+  """A sample for the log: an untrained model's 300-token babble is cut to `width` characters."""
+  return text if len(text) <= width else text[:width] + f"... ({len(text):,} characters)"

@@ -1,4 +1,4 @@
-"""Model FLOPs of one training step, written out (used for MFU by train_throughput.py).
+"""Model FLOPs of one training step, written out (MFU in benchmarks and xformer.compile).
 
 Per token, a matmul with a [D_in, D_out] weight costs 2 * D_in * D_out FLOPs forward; backward
 costs twice the forward, so training = 3 x forward (the "6 N" rule). Embedding lookups are
@@ -16,7 +16,7 @@ F_in = 2 F for gated FFNs (swiglu/geglu) else F, A = heads x head_dim attention 
     cross-attn    2 T D A [q] + 2 T A D [o] + 4 S D A [k, v of the source] + 4 T S A
     FFN           2 T (D F_in + F D)
   output          2 T D V
-Decoder-only LM: the decoder without cross-attention, T tokens per row.
+Decoder-only LM: the decoder without cross-attention, T tokens per row (S = 0: no encoder).
 
 Attention is counted on all slots, as computed: packed rows attend over the whole row (the
 segment mask zeroes other examples' weights, it does not skip their FLOPs).
@@ -32,19 +32,18 @@ def _ffn(cfg: ModelConfig, tokens: int) -> float:
   return 2.0 * tokens * (cfg.d_model * cfg.d_ff * (2 if gated else 1) + cfg.d_ff * cfg.d_model)
 
 
-def forward_flops(cfg: ModelConfig, task: str, src_len: int, tgt_len: int) -> float:
-  """Forward FLOPs of one row (one source/target pair, or one LM sequence)."""
+def forward_flops(cfg: ModelConfig, src_len: int, tgt_len: int) -> float:
+  """Forward FLOPs of one row: a source/target pair, or (src_len 0) one LM sequence."""
   d, a, s, t = cfg.d_model, cfg.num_heads * cfg.head_dim, src_len, tgt_len
   decoder_layer = 8 * t * d * a + 4 * t * t * a / 2 + _ffn(cfg, t)
   flops = cfg.num_decoder_layers * decoder_layer + 2.0 * t * d * cfg.vocab_size
-  if task == "translation":
+  if src_len:
     encoder_layer = 8 * s * d * a + 4 * s * s * a + _ffn(cfg, s)
     cross = 4 * t * d * a + 4 * s * d * a + 4 * t * s * a
     flops += cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * cross
   return float(flops)
 
 
-def train_step_flops(cfg: ModelConfig, task: str, batch: int, src_len: int,
-                     tgt_len: int) -> float:
+def train_step_flops(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int) -> float:
   """Forward + backward FLOPs of a train step on a [batch] of rows: 3 x forward."""
-  return 3.0 * batch * forward_flops(cfg, task, src_len, tgt_len)
+  return 3.0 * batch * forward_flops(cfg, src_len, tgt_len)
