@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from xformer import bundle as bundle_lib  # noqa: E402
-from xformer import evaluate, extrapolation  # noqa: E402
+from xformer import bleu, extrapolation  # noqa: E402
 from xformer.data import datasets  # noqa: E402
 from xformer.data.tokenizer import BOS_ID, EOS_ID  # noqa: E402
 
@@ -55,7 +55,7 @@ def translation_report(b: bundle_lib.Bundle, splits=("test", "test_long"), limit
       report[split] = None
       continue
     hyps = b.translate(srcs, beam=beam)
-    scores = evaluate.bleu_scores(hyps, refs, lang=b.config.data.target_lang,
+    scores = bleu.bleu_scores(hyps, refs, lang=b.config.data.target_lang,
                                   pretokenized=dataset.pretokenized)
     report[split] = {"bleu": scores["bleu"], "exact": extrapolation.exact_match(hyps, refs),
                      "source_tokens_mean": float(np.mean(src_lens)),

@@ -11,19 +11,14 @@ command prints them and writes them as JSON into the workdir.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
-import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
-import sacrebleu
 
-from xformer import decode
-
-_WARNED_TOKENIZED = []
+from xformer import bleu, decode
 
 
 @dataclasses.dataclass
@@ -72,48 +67,6 @@ def evaluate(ctx: Context, params: Any, split: str, *, loss_limit: int | None,
   return metrics
 
 
-def bleu_scores(hypotheses: Sequence[str], references: Sequence[str], *, lang: str,
-                pretokenized: bool = False) -> dict[str, Any]:
-  """BLEU two ways: `bleu`, sacreBLEU on the text (13a tokenisation; `signature` says how), and
-  `bleu_tokenized`, the number Vaswani et al. report: multi-bleu on Moses-tokenized text with
-  hyphenated compounds split (tensor2tensor's get_ende_bleu.sh, "a-b" -> "a ##AT##-##AT## b").
-
-  `pretokenized` text (the embedded synthetic task: "the poet sings .") is scored as it is;
-  sacreBLEU's warning that it "looks tokenized" is then expected and silenced.
-  """
-  hyps, refs = list(hypotheses), list(references)
-  if pretokenized and not _WARNED_TOKENIZED:
-    _WARNED_TOKENIZED.append(True)
-    from xformer.metric_writer import log_line  # pylint: disable=import-outside-toplevel
-    log_line("BLEU: this dataset's text is already tokenized (\"word .\"); sacreBLEU scores it "
-             "as it is (its 'tokenized period' warning does not apply).")
-  sacre = sacrebleu.BLEU(force=pretokenized)
-  score = sacre.corpus_score(hyps, [refs])
-  tokenized = sacrebleu.BLEU(tokenize="none", force=True).corpus_score(
-      [_t2t_tokens(h, lang) for h in hyps], [[_t2t_tokens(r, lang) for r in refs]])
-  return {"bleu": float(score.score), "bleu_tokenized": float(tokenized.score),
-          "signature": str(sacre.get_signature())}
-
-
-@functools.lru_cache(maxsize=None)
-def _moses(lang: str):
-  from sacremoses import MosesTokenizer  # pylint: disable=import-outside-toplevel
-  return MosesTokenizer(lang=lang)
-
-
-def sacrebleu_signature() -> str:
-  """The signature of `bleu_scores`' sacreBLEU (its defaults: 13a, mixed case, exp smoothing)."""
-  bleu = sacrebleu.BLEU()
-  bleu.corpus_score(["x"], [["x"]])
-  return str(bleu.get_signature())
-
-
-def _t2t_tokens(text: str, lang: str) -> str:
-  """Moses tokenization (escape off) and the compound split of tensor2tensor's BLEU script."""
-  tokens = _moses(lang).tokenize(text, escape=False, return_str=True)
-  return re.sub(r"(\S)-(\S)", r"\1 ##AT##-##AT## \2", tokens)
-
-
 def write_json(path: str, payload: dict[str, Any]) -> None:
   from etils import epath  # pylint: disable=import-outside-toplevel
   epath.Path(path).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
@@ -145,7 +98,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, average_last: int
   report = {"workdir": workdir, "step": step, "averaged_steps": used, "split": split,
             "limit": limit or None, "decode": dataclasses.asdict(settings), "metrics": metrics}
   if f"{split}/bleu" in metrics:
-    report["sacrebleu_signature"] = sacrebleu_signature()
+    report["sacrebleu_signature"] = bleu.sacrebleu_signature()
   name = f"eval_{split}_step{step}" + (f"_avg{len(used)}" if used else "") + (
       f"_beam{settings.beam_size}_limit{limit}" if limit else f"_beam{settings.beam_size}")
   write_json(f"{workdir}/{name}.json", report)

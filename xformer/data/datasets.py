@@ -168,7 +168,7 @@ def _register(name: str, kind: str, splits: tuple[str, ...] | None):
 @_register("xformer_translation", "translation", tuple(synthetic.SIZES))
 def _embedded_translation(cfg) -> Dataset:
   builder = builders.XformerTranslation(data_dir=data_dir(cfg), file_format="array_record")
-  # Its text is tokenized ("the poet sings ."): BLEU scores it as it is (evaluate.bleu_scores).
+  # Its text is tokenized ("the poet sings ."): BLEU scores it as it is (bleu.bleu_scores).
   return _from_builder(builder, "translation", ("source", "target"), cfg, pretokenized=True)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xformer import errors, evaluate
+from xformer import bleu, errors
 from xformer.metric_writer import log_line
 from xformer.model import Transformer
 from xformer.tasks import base, register
@@ -63,7 +63,7 @@ class Translation(base.Task):
   def eval_metrics(self, ctx, params, split, limit, *, num_samples=0, thorough=False):
     del thorough  # BLEU is all there is.
     srcs, hyps, refs = self.translate_split(ctx, params, split, limit)
-    scores = evaluate.bleu_scores(hyps, refs, lang=ctx.inputs.target_lang,
+    scores = bleu.bleu_scores(hyps, refs, lang=ctx.inputs.target_lang,
                                   pretokenized=ctx.inputs.dataset.pretokenized)
     for s, h, r in list(zip(srcs, hyps, refs))[:num_samples]:
       log_line(f"  source:     {_clip(s)}\n  reference:  {_clip(r)}\n  hypothesis: {_clip(h)}")
