@@ -70,3 +70,11 @@ def test_opt_out_and_a_users_own_tunables_are_left_alone(tmp_path):
   lines = _run(tmp_path, GLIBC_TUNABLES="glibc.malloc.arena_max=2")
   assert [tag for tag, _ in lines] == ["before", "after", "faults"]
   assert lines[1][1].endswith("glibc.malloc.arena_max=2")
+
+
+def test_no_reexec_when_an_accelerator_backend_computes(tmp_path):
+  # On a TPU or GPU host the tunables buy nothing (the runtime owns device memory).
+  lines = _run(tmp_path, JAX_PLATFORMS="tpu,cpu")
+  assert [tag for tag, _ in lines] == ["before", "after", "faults"]
+  assert lines[1][1].endswith("None")
+

@@ -15,7 +15,7 @@ import sys
 
 from absl import flags, logging
 
-from xformer import errors
+from xformer import errors, platforms
 
 FLAGS = flags.FLAGS
 
@@ -47,10 +47,12 @@ def verbose() -> bool:
 
 
 def user_errors(main):
-  """Decorates an absl main: logging at WARNING unless --verbosity is set, UserError -> exit 2."""
+  """Decorates an absl main: jax restricted to the backends whose hardware is present
+  (platforms.use_present), logging at WARNING unless --verbosity is set, UserError -> exit 2."""
 
   @functools.wraps(main)
   def wrapped(argv):
+    platforms.use_present()
     if not FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
     try:

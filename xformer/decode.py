@@ -31,7 +31,7 @@ class Settings:
   max_extra: int = 50
 
 
-def _translation_step(model: model_lib.Transformer, params: Any, encoded: Array,
+def translation_step(model: model_lib.Transformer, params: Any, encoded: Array,
                       src_segments: Array):
   """The cached decoder step of a translation model: (cache, tokens [B, 1]) -> (logits [B, V],
   cache)."""
@@ -56,7 +56,7 @@ def greedy_translate(model: model_lib.Transformer, params: Any, src: Array,
   src_segments = masks.segments_from_tokens(src)
   encoded = model.apply({"params": params}, src, method="encode")  # [B, S, D]
   cache = model_lib.init_cache(model, batch, max_len)
-  return _greedy_loop(_translation_step(model, params, encoded, src_segments), cache, batch,
+  return _greedy_loop(translation_step(model, params, encoded, src_segments), cache, batch,
                       max_len)
 
 
@@ -182,7 +182,7 @@ def beam_translate(model: model_lib.Transformer, params: Any, src: Array, max_le
   src_segments = masks.segments_from_tokens(src)
   encoded = model.apply({"params": params}, src, method="encode")  # [B*K, S, D]
   cache = model_lib.init_cache(model, batch * beam, max_len)
-  return beam_search_loop(_translation_step(model, params, encoded, src_segments), cache, batch,
+  return beam_search_loop(translation_step(model, params, encoded, src_segments), cache, batch,
                           beam, max_len, alpha)
 
 

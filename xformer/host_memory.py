@@ -10,7 +10,10 @@ faults mostly disappear; benchmarks/README.md has the measured effect on step ti
 glibc reads GLIBC_TUNABLES only at process start, hence the re-exec: `os.execv` keeps the pid,
 arguments and environment (plus the tunables), so launchers, signal handlers set up by a parent
 and `jax.distributed` see the same process. Nothing happens when GLIBC_TUNABLES is already set
-(the user's choice wins; also stops a second re-exec), off glibc Linux, or with XFORMER_MALLOC=0.
+(the user's choice wins; also stops a second re-exec), off glibc Linux, with XFORMER_MALLOC=0,
+or when the process will not compute on the CPU backend (a TPU or GPU host: the accelerator's
+runtime owns the device memory and pins host buffers itself, so the tunables buy nothing there
+and a re-exec only delays start-up; `platforms.cpu_only`).
 The cost is one more interpreter start and package import, and a resident set that stays at its
 peak instead of shrinking between steps, as with tcmalloc or jemalloc.
 """
@@ -33,7 +36,14 @@ OPT_OUT = "XFORMER_MALLOC"
 def wanted() -> bool:
   """Whether `reexec_with_tunables` would re-execute this process."""
   return (os.environ.get(OPT_OUT, "1") != "0" and "GLIBC_TUNABLES" not in os.environ
-          and sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+          and sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+          and _cpu_only())
+
+
+def _cpu_only() -> bool:
+  # Imported here, last: the checks above are free, and importing the package starts jax.
+  from xformer import platforms  # pylint: disable=import-outside-toplevel
+  return platforms.cpu_only()
 
 
 def reexec_with_tunables() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from xformer import errors
@@ -55,22 +56,43 @@ def maybe_initialize_distributed() -> None:
 
 
 def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
-  """A mesh over `devices` (default all) with axes data/fsdp/tensor; one size may be -1."""
-  devices = jax.devices() if devices is None else devices
+  """A mesh over `devices` (default all) with axes data/fsdp/tensor; one size may be -1.
+
+  The devices are laid out over the physical topology (`jax.experimental.mesh_utils`): within
+  a TPU slice the tensor and fsdp axes get the ICI neighbours; across slices (multi-slice,
+  devices with a `slice_index`) the data axis spans the data-center network, each slice holding
+  data / num_slices of it. Elsewhere (CPU, GPU) this is the devices in order.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = _resolve_sizes(shape, len(devices))
+  slices = 1 + max(getattr(d, "slice_index", 0) or 0 for d in devices)
+  if slices > 1:
+    if sizes[0] % slices:
+      raise errors.ConfigError(
+          f"mesh {dict(zip(MESH_AXES, sizes))}: the data axis spans the {slices} slices, so "
+          f"mesh.data must be a multiple of {slices}.")
+    ici = [sizes[0] // slices, *sizes[1:]]
+    array = mesh_utils.create_hybrid_device_mesh(ici, [slices, 1, 1], devices)
+  else:
+    array = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+  return Mesh(array, MESH_AXES)
+
+
+def _resolve_sizes(shape: dict[str, int], num_devices: int) -> list[int]:
   sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
     raise errors.ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
-    if len(devices) % known:
-      raise errors.ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not "
-                       f"divisible by {known}.")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
+    if num_devices % known:
+      raise errors.ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are "
+                               f"not divisible by {known}.")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
     raise errors.ConfigError(
         f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, there are "
-        f"{len(devices)}: set config.mesh sizes whose product is {len(devices)} (one may be -1).")
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+        f"{num_devices}: set config.mesh sizes whose product is {num_devices} (one may be -1).")
+  return sizes
 
 
 def param_shardings(logical_specs: Any, mesh: Mesh) -> Any:

@@ -54,6 +54,17 @@ class Task:
     """(targets [B, T], weights [B, T]) of the loss: by default every real target token."""
     return batch["targets"], batch["targets_segment_ids"] > 0
 
+  def decode_context(self, cfg: ModelConfig, rows: int, source_len: int) -> tuple[Any, ...]:
+    """Shapes (jax.ShapeDtypeStruct) of what one cached decode step reads besides its cache and
+    tokens, for `rows` sequences (ahead-of-time compiles of `decode_step`)."""
+    del cfg, rows, source_len
+    return ()
+
+  def decode_step(self, model: nn.Module, params: Any, cache: Any, tokens: Array,
+                  *context: Array) -> tuple[Array, Any]:
+    """One cached decode step: tokens [B, 1] -> (logits [B, V], updated cache)."""
+    raise NotImplementedError
+
   # --- Data ----------------------------------------------------------------------------------
 
   def features(self, ids: tuple[np.ndarray, ...], lengths: Any,

@@ -35,6 +35,12 @@ class LanguageModel(base.Task):
                        segments=batch["targets_segment_ids"], deterministic=deterministic,
                        rngs=None if rng is None else {"dropout": rng}, **kwargs)
 
+  def decode_step(self, model, params, cache, tokens, *context):
+    del context  # An LM step reads only its cache.
+    logits, state = model.apply({"params": params, "cache": cache}, tokens, decode=True,
+                                mutable=["cache"])
+    return logits[:, -1], state["cache"]  # [B, V]
+
   def features(self, ids, lengths, fit):
     tokens = fit(ids[0], lengths.target - 1)  # Room for BOS / EOS.
     if tokens is None:

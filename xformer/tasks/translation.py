@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from xformer import bleu, errors
+from xformer import bleu, decode, errors
 from xformer.metric_writer import log_line
 from xformer.model import Transformer
 from xformer.tasks import base, register
@@ -41,6 +43,15 @@ class Translation(base.Task):
                        src_segments=batch["inputs_segment_ids"],
                        tgt_segments=batch["targets_segment_ids"], deterministic=deterministic,
                        rngs=None if rng is None else {"dropout": rng}, **kwargs)
+
+  def decode_context(self, cfg, rows, source_len):
+    # The encoder output [B, S, D] and the source segment ids [B, S].
+    return (jax.ShapeDtypeStruct((rows, source_len, cfg.d_model), cfg.dtype),
+            jax.ShapeDtypeStruct((rows, source_len), jnp.int32))
+
+  def decode_step(self, model, params, cache, tokens, *context):
+    encoded, src_segments = context
+    return decode.translation_step(model, params, encoded, src_segments)(cache, tokens)
 
   def features(self, ids, lengths, fit):
     src = fit(ids[0], lengths.source - 1)  # Room for EOS.

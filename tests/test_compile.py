@@ -1,0 +1,144 @@
+"""Ahead-of-time compiles for Cloud TPU slices and GPUs on this CPU host (xformer.compile).
+
+libtpu describes any slice without the chip; the CUDA plugin compiles for a GPU from a target
+description. Small models prove the tool's logic (estimates, fits, exit codes); the shipped
+configs are compiled at their real size for their intended targets (train step: it decides
+whether a run fits).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xformer import platforms
+
+platforms.compile_only_environment("v5p-8")  # Before libtpu is first loaded (quiet, no MDS).
+
+# pylint: disable=wrong-import-position
+from xformer import compile as compile_lib
+from xformer import config_lib, errors, positional, sharding, targets
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+SMALL = ["model.variant=tiny", "batch_size=16", "eval_batch_size=8",
+         "data.max_source_len=128", "data.max_target_len=128", "model.max_len=178"]
+
+
+def test_targets_by_cloud_name():
+  v4 = targets.parse("v4-8")  # 8 TensorCores = 4 chips, run as 4 megacore devices.
+  assert (v4.devices, v4.topology) == (4, "v4:2x2x1")
+  assert targets.parse("v5p-128").topology == "v5p:4x4x4"
+  assert targets.parse("v5p-32").topology == "v5p:2x2x4"
+  assert (targets.parse("v5litepod-16").topology, targets.parse("v6e-8").topology) == (
+      "v5e:4x4", "v6e:2x4")
+  multi = targets.parse("2xv5p-64")
+  assert (multi.devices, multi.num_slices, multi.topology) == (64, 2, "v5p:2x4x4")
+  assert (targets.parse("h100x8").devices, targets.parse("a100").devices) == (8, 1)
+  with pytest.raises(errors.UnknownNameError, match="v5litepod-N"):
+    targets.parse("v5e-8")
+  with pytest.raises(errors.ConfigError, match="multiple"):
+    targets.parse("v4-7")
+
+
+def test_abstract_devices_match_the_live_slice():
+  for name, kind in [("v4-8", "TPU v4"), ("v5p-8", "TPU v5"), ("v5litepod-16", "TPU v5 lite"),
+                     ("v6e-8", "TPU v6 lite")]:
+    devices = targets.abstract_devices(targets.parse(name))
+    assert len(devices) == targets.parse(name).devices and devices[0].device_kind == kind
+
+
+def test_multislice_mesh_puts_the_data_axis_across_slices():
+  devices = targets.abstract_devices(targets.parse("2xv5p-16"))  # 2 slices x 8 chips.
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "tensor": 2}, devices)
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 2}
+  slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+  assert (slices[:2] == 0).all() and (slices[2:] == 1).all()  # Only data crosses the DCN.
+  with pytest.raises(errors.ConfigError, match="multiple of 2"):
+    sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}, devices)
+
+
+def test_ici_aware_mesh_gives_inner_axes_compact_blocks_of_chips():
+  devices = targets.abstract_devices(targets.parse("v5p-64"))  # 32 chips, 2x4x4.
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 4, "tensor": 4}, devices)
+
+  def volume(group):  # Chips in the bounding box of a group: == its size when it is compact.
+    coords = np.array([d.coords for d in group.reshape(-1)])
+    return int(np.prod(coords.max(0) - coords.min(0) + 1))
+
+  assert all(volume(g) == 4 for g in mesh.devices.reshape(-1, 4))  # tensor: one ICI ring
+  assert all(volume(g) == 16 for g in mesh.devices.reshape(-1, 16))  # fsdp x tensor
+
+
+def test_estimate_counts_every_layer_scanned_or_unrolled():
+  deep = SMALL + ["model.variant=small", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
+                  "model.num_decoder_layers=4"]  # Layers dominate the step.
+  config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, deep)
+  scanned = compile_lib.compile_config(config, "v5p-8", steps=("train",))
+  unrolled_config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
+                                         deep + ["model.scan_unroll=4"])
+  unrolled = compile_lib.compile_config(unrolled_config, "v5p-8", steps=("train",))
+  assert unrolled["estimated_from"].startswith("the step as configured")
+  assert scanned["estimated_from"].startswith("unrolled")
+  assert abs(scanned["est_step_s"] / unrolled["est_step_s"] - 1) < 0.10
+  assert abs(scanned["flops_per_step"] / unrolled["flops_per_step"] - 1) < 0.10
+  # The loop's own cost counts one layer of four: the raw figure is the one that misleads.
+  raw = scanned["steps"]["train"]["flops"] * scanned["devices"]
+  assert raw < 0.5 * unrolled["flops_per_step"], (raw, unrolled["flops_per_step"])
+  assert 0 < scanned["est_mfu"] < 1 and scanned["fits"]
+  ratio = scanned["flops_per_step"] / scanned["model_flops_per_step"]
+  assert 0.8 < ratio < 1.6, ratio  # The compiler's count against the 6N + attention formula.
+
+
+def test_compile_cli_writes_the_report_and_exits_3_when_it_does_not_fit(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out_path = tmp_path / "c.json"
+  cmd = [sys.executable, "-m", "xformer.compile", f"--config={REPO}/configs/wmt_base.py",
+         "--target=v5litepod-8", f"--json={out_path}", "--estimate=false",
+         *[f"--config.{s}" for s in SMALL]]
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.loads(out_path.read_text())
+  for key in ("target", "devices", "fits", "hbm_per_device_gib", "peak_memory_per_device_gib",
+              "compile_s", "flops_per_step", "model_flops_per_step", "est_step_s",
+              "est_tokens_per_s", "est_mfu", "unpriced_custom_calls"):
+    assert key in report, key
+  assert report["devices"] == 8 and set(report["steps"]) == {"train", "eval", "decode"}
+  big = subprocess.run(cmd + ["--config.batch_size=65536"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert big.returncode == compile_lib.NO_FIT_EXIT_CODE, big.stderr[-2000:]
+  assert "over its 16 GiB" in big.stderr and "--config.grad_accum_steps=2" in big.stderr
+  assert "INVALID_ARGUMENT" not in big.stderr  # libtpu stays quiet on a host without TPUs.
+
+
+@pytest.mark.parametrize("posemb", positional.names())
+def test_every_encoding_compiles_for_tpu(posemb):
+  config = config_lib.load_file(f"{REPO}/configs/lm1b.py", f"posemb={posemb}",
+                                ["model.variant=lm_mini", "batch_size=16", "eval_batch_size=8"])
+  report = compile_lib.compile_config(config, "v5litepod-8", estimate=False,
+                                      steps=("train", "decode"))
+  assert report["fits"] and report["flops_per_step"] > 0
+
+
+# The shipped accelerator configs at full size on their intended targets (train step).
+SHIPPED = [("wmt_base.py", None, "v5p-8"), ("wmt_base.py", None, "v4-8"),
+           ("wmt_big.py", None, "v5p-8"), ("lm1b.py", None, "v5litepod-16")]
+
+
+@pytest.mark.parametrize("config_file,arg,target", SHIPPED)
+def test_shipped_configs_fit_their_targets(config_file, arg, target):
+  config = config_lib.load_file(f"{REPO}/configs/{config_file}", arg)
+  report = compile_lib.compile_config(config, target, estimate=False, steps=("train",))
+  assert report["fits"], compile_lib.remedy(report, config)
+  assert report["devices"] == targets.parse(target).devices
+
+
+def test_wmt_base_compiles_for_h100x8_with_cudnn_attention():
+  pytest.importorskip("jax_plugins.xla_cuda12", reason="CUDA plugin not installed (.[cuda])")
+  config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
+                                ["model.attention_impl=cudnn", "data.pack=False"])
+  report = compile_lib.compile_config(config, "h100x8", steps=("train",))
+  assert report["fits"] and report["est_step_s"] is None
+  assert any("cudnn" in c for c in report["steps"]["train"]["kernels"])
