@@ -141,3 +141,23 @@ def test_real_dataset_without_network_fails_clearly(tmp_path):
                    "download": False})
   with pytest.raises(KeyError, match="Valid names: .*xformer_translation"):
     datasets.load({"dataset": "wmt15_translate/de-en"})
+
+
+def test_a_dataset_another_process_prepared_meanwhile_is_used(tmp_path, monkeypatch):
+  # Two processes of one run prepare at once; the one that finishes second fails its rename.
+  tsv = _write(tmp_path / "train.tsv", b"a b\tc d\n")
+  real = datasets.downloads.download_and_prepare
+
+  def loses_the_race(builder, raw_dir):
+    real(builder, raw_dir)  # The other process's complete dataset is in place...
+    raise FileExistsError("Cannot rename incomplete.X: destination already exists")
+
+  monkeypatch.setattr(datasets.downloads, "download_and_prepare", loses_the_race)
+  ds = datasets.load({"dataset": "parallel_files", "data_dir": str(tmp_path / "tfds"),
+                      "files": {"train": [tsv]}})
+  assert ds.example("train", 0) == ("a b", "c d")
+  monkeypatch.setattr(datasets.downloads, "download_and_prepare",
+                      lambda b, r: (_ for _ in ()).throw(OSError("disk full")))
+  with pytest.raises(datasets.DataUnavailableError, match="disk full"):  # A real failure.
+    datasets.load({"dataset": "parallel_files", "data_dir": str(tmp_path / "tfds2"),
+                   "files": {"train": [tsv]}})

@@ -341,3 +341,20 @@ def test_sequence_edge_cases_are_counted_and_never_nan(small_files):
     tokens += int((b["targets_segment_ids"] > 0).sum())
   assert rows == len(source) == counter.summary()["examples"]
   assert tokens == sum(min(len(source[i][1]) + 1, tgt_max) for i in range(len(source)))
+
+
+def test_several_processes_agree_on_a_stop_only_every_k_steps(monkeypatch):
+  # The all-gather that ORs the flag blocks the host: never between every two steps.
+  from xformer import preemption  # pylint: disable=import-outside-toplevel
+  gathers = []
+  monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(preemption.multihost_utils, "process_allgather",
+                      lambda x: gathers.append(int(x)) or np.array([x, False]))
+  stop = preemption.StopSignal(every=10)
+  try:
+    assert not any(stop.should_stop(s) for s in range(1, 20))
+    assert gathers == [0]  # Step 10 only.
+    stop.received = signal.SIGTERM  # Another process may not know yet: wait for step 20.
+    assert not stop.should_stop(21 - 2) and stop.should_stop(20) and gathers == [0, 1]
+  finally:
+    stop.restore()

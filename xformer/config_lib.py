@@ -128,6 +128,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
   c.async_checkpoints = True
+  c.stop_check_every_steps = 10  # Multi-process: agree on a SIGTERM every this many steps.
   c.init_from = ""  # Another run's workdir: start from its latest parameters.
   c.restore_step = -1  # Resume from this step instead of the latest (-1).
   c.nan_policy = "fail"

@@ -50,7 +50,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ctx = evaluate.Context(run, inputs, decode.Settings(**config.decode), config.eval_batch_size)
   writer = MetricWriter(workdir)
   checks = HostChecks(config, writer, ckpt, overlong, Progress(config.num_train_steps, first))
-  stop = preemption.StopSignal()
+  stop = preemption.StopSignal(every=config.stop_check_every_steps)
   rng = jax.random.key(config.seed + 1)
   log_line(f"Training steps {first}..{config.num_train_steps} in {workdir}")
   try:
@@ -60,7 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checks.push(step, metrics, batch_crc(host_batch))  # Checks step - 1 (device runs ahead).
       at_save = step % config.checkpoint_every_steps == 0
       at_eval = step % config.eval_every_steps == 0 and step < config.num_train_steps
-      stopping = stop.should_stop()
+      stopping = stop.should_stop(step)
       if at_save or at_eval or stopping:
         checks.flush()  # Never save (or evaluate) a step that has not been checked.
       if at_save or stopping:

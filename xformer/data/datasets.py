@@ -117,6 +117,11 @@ def _prepared(builder: tfds.core.DatasetBuilder, cfg, hint: str) -> None:
   except errors.UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
+    if (epath.Path(builder.data_dir) / "dataset_info.json").exists():
+      # Several processes of one run prepared it at once and another one finished first (TFDS
+      # renames a complete directory into place; the later rename fails). Same data: use it.
+      logging.info("Dataset %s was prepared by another process meanwhile.", builder.name)
+      return
     raise DataUnavailableError(
         f"Could not prepare dataset {builder.name} in {builder.data_dir}: "
         f"{type(e).__name__}: {str(e)[:300]}. {hint}") from e
