@@ -33,6 +33,24 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[
   return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times)}
 
 
+def time_alternating(fns: dict[str, Callable[[], Any]], repeats: int = 5
+                     ) -> dict[str, dict[str, float]]:
+  """Like time_call for several variants, timed in alternation (round r runs each once), so
+  that a noisy machine's drift hits all of them alike."""
+  out = {}
+  for name, fn in fns.items():
+    start = time.perf_counter()
+    block(fn())
+    out[name] = {"first_s": time.perf_counter() - start, "times": []}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      block(fn())
+      out[name]["times"].append(time.perf_counter() - start)
+  return {name: {"first_s": r["first_s"], "median_s": statistics.median(r["times"]),
+                 "min_s": min(r["times"])} for name, r in out.items()}
+
+
 def run_steps(step: Callable, state: Any, batches: Sequence[Any], rng: Any) -> tuple[Any, float]:
   """`state, _ = step(state, batch, rng)` over `batches`, waited for: (state, seconds per step)."""
   start = time.perf_counter()

@@ -94,7 +94,8 @@ class MultiHeadAttention(nn.Module):
       is_causal: bool = False,
       q_lengths: Array | None = None,
       kv_lengths: Array | None = None,
-  ) -> Array:
+      cross_cache: str | None = None,
+  ) -> Array | None:
     """Attends from x_q [B, T, D] to x_kv [B, S, D]; returns [B, T, D].
 
     Args:
@@ -109,13 +110,25 @@ class MultiHeadAttention(nn.Module):
         the length of x_q on first call, the initialisation call) and queries attend to the cache.
       is_causal, q_lengths [B], kv_lengths [B]: the mask as a fused kernel takes it (mask=None):
         causal, and rows whose first q_lengths / kv_lengths tokens are real (unpacked rows).
+      cross_cache: cross-attention while decoding. "fill": project x_kv (the encoder output)
+        to keys and values once per sequence into the `cache` collection and return None
+        (x_q unused); "read": use them if filled (else project x_kv, as without a cache).
     """
-    d_model = x_q.shape[-1]
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     heads = (self.num_heads, self.head_dim)
+    filled = cross_cache == "read" and self.has_variable("cache", "cross_key")
+    if filled:
+      k = self.get_variable("cache", "cross_key")  # [B, S, N, H]
+      v = self.get_variable("cache", "cross_value")  # [B, S, N, H]
+    else:
+      k = dense(heads, (EMBED, HEADS, KV), name="key", **kw)(x_kv)  # [B, S, N, H]
+      v = dense(heads, (EMBED, HEADS, KV), name="value", **kw)(x_kv)  # [B, S, N, H]
+    if cross_cache == "fill":
+      self.put_variable("cache", "cross_key", k)
+      self.put_variable("cache", "cross_value", v)
+      return None
+    d_model = x_q.shape[-1]
     q = dense(heads, (EMBED, HEADS, KV), name="query", **kw)(x_q)  # [B, T, N, H]
-    k = dense(heads, (EMBED, HEADS, KV), name="key", **kw)(x_kv)  # [B, S, N, H]
-    v = dense(heads, (EMBED, HEADS, KV), name="value", **kw)(x_kv)  # [B, S, N, H]
 
     if self.rotate_fn is not None:
       q = self.rotate_fn(q, positions)

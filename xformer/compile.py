@@ -85,18 +85,19 @@ def _train_args(run: Run) -> tuple[Any, ...]:
 def _decode_args(run: Run) -> tuple[Any, ...]:
   """Decoding as evaluation runs it: eval_batch_size sources x beam hypotheses, a cache as long
   as the longest output."""
-  from xformer import model as model_lib  # pylint: disable=import-outside-toplevel
   config = run.config
   rows = config.eval_batch_size * config.decode.beam_size
   max_len = run.task.longest_position(config.data, config.decode)
-  cache = jax.eval_shape(lambda: model_lib.init_cache(run.model, rows, max_len))
+  params = _shaped(run.abstract_params, run.param_shardings)
+  context = [jax.ShapeDtypeStruct(c.shape, c.dtype, sharding=run.batch_sharding)
+             for c in run.task.decode_context(run.model_config, rows, config.data.max_source_len)]
+  cache = jax.eval_shape(lambda p, *ctx: run.task.decode_cache(run.model, p, rows, max_len, *ctx),
+                         params, *context)
   cache = jax.tree_util.tree_map_with_path(
       lambda p, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_cache_sharding(run, p, x)),
       cache)
-  context = [jax.ShapeDtypeStruct(c.shape, c.dtype, sharding=run.batch_sharding)
-             for c in run.task.decode_context(run.model_config, rows, config.data.max_source_len)]
   tokens = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=run.batch_sharding)
-  return (_shaped(run.abstract_params, run.param_shardings), cache, tokens, *context)
+  return (params, cache, tokens, *context)
 
 
 def step_and_args(run: Run, step: str) -> tuple[Any, tuple[Any, ...]]:

@@ -44,9 +44,22 @@ def translation_step(model: model_lib.Transformer, params: Any, encoded: Array,
   return step_fn
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_len"))
+def translation_cache(model: model_lib.Transformer, params: Any, encoded: Array, max_len: int,
+                      cache_cross: bool = True) -> Any:
+  """The decode cache of `encoded` [B, S, D]: empty self-attention slots for `max_len` tokens
+  and (cache_cross) the cross-attention keys and values of every layer, projected once here
+  instead of at every step."""
+  cache = model_lib.init_cache(model, encoded.shape[0], max_len)
+  if not cache_cross:
+    return cache
+  _, state = model.apply({"params": params, "cache": cache}, encoded, method="prime_cache",
+                         mutable=["cache"])
+  return state["cache"]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "cache_cross"))
 def greedy_translate(model: model_lib.Transformer, params: Any, src: Array,
-                     max_len: int) -> tuple[Array, Array]:
+                     max_len: int, cache_cross: bool = True) -> tuple[Array, Array]:
   """Greedy translation of source rows src [B, S] (0-padded, EOS-terminated).
 
   Returns:
@@ -55,7 +68,7 @@ def greedy_translate(model: model_lib.Transformer, params: Any, src: Array,
   batch = src.shape[0]
   src_segments = masks.segments_from_tokens(src)
   encoded = model.apply({"params": params}, src, method="encode")  # [B, S, D]
-  cache = model_lib.init_cache(model, batch, max_len)
+  cache = translation_cache(model, params, encoded, max_len, cache_cross)
   return _greedy_loop(translation_step(model, params, encoded, src_segments), cache, batch,
                       max_len)
 
@@ -113,8 +126,8 @@ def _gather_beams(tree: Any, indices: Array, batch: int, beam: int) -> Any:
   flat = (indices + jnp.arange(batch)[:, None] * beam).reshape(-1)  # [B*K]
 
   def gather(path, x):
-    if x.ndim == 0:
-      return x
+    if x.ndim == 0 or getattr(path[-1], "key", None) in ("cross_key", "cross_value"):
+      return x  # The beams of one source share its cross-attention keys and values.
     axis = 1 if any(getattr(k, "key", None) == "layers" for k in path) else 0
     return jnp.take(x, flat, axis=axis)
 
@@ -173,15 +186,16 @@ def beam_search_loop(step_fn, cache: Any, batch: int, beam: int, max_len: int,
   return fin_seq, fin_score
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_len", "beam", "alpha"))
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "beam", "alpha", "cache_cross"))
 def beam_translate(model: model_lib.Transformer, params: Any, src: Array, max_len: int,
-                   beam: int = 4, alpha: float = 0.6) -> tuple[Array, Array]:
+                   beam: int = 4, alpha: float = 0.6,
+                   cache_cross: bool = True) -> tuple[Array, Array]:
   """Beam search translation of src [B, S]: n-best tokens [B, K, max_len] and scores [B, K]."""
   batch = src.shape[0]
   src = jnp.repeat(src, beam, axis=0)  # [B*K, S]
   src_segments = masks.segments_from_tokens(src)
   encoded = model.apply({"params": params}, src, method="encode")  # [B*K, S, D]
-  cache = model_lib.init_cache(model, batch * beam, max_len)
+  cache = translation_cache(model, params, encoded, max_len, cache_cross)
   return beam_search_loop(translation_step(model, params, encoded, src_segments), cache, batch,
                           beam, max_len, alpha)
 

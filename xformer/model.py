@@ -105,11 +105,15 @@ class DecoderLayer(nn.Module):
   has_cross: bool = True
   rotate_fn: Callable[[Array, Array], Array] | None = None
   deterministic: bool = True
+  prime: bool = False  # Only fill the cross-attention cache from `encoded` (decoding).
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array | None, self_mask: Array, cross_mask: Array | None,
                bias: Array | None, positions: Array, decode_index: Array | None):
     cfg, det = self.cfg, self.deterministic
+    if self.prime:
+      _attention(cfg, "cross_attention")(x, encoded, mask=None, cross_cache="fill")
+      return x, None
     attn = _attention(cfg, "self_attention", self.rotate_fn)
     x = _residual(cfg, x, lambda y: attn(y, y, bias=bias, positions=positions,
                                          deterministic=det, decode_index=decode_index,
@@ -117,7 +121,8 @@ class DecoderLayer(nn.Module):
                   _norm(cfg, "norm_attention"), det)
     if self.has_cross:
       cross = _attention(cfg, "cross_attention")
-      x = _residual(cfg, x, lambda y: cross(y, encoded, deterministic=det,
+      cache = "read" if decode_index is not None else None
+      x = _residual(cfg, x, lambda y: cross(y, encoded, deterministic=det, cross_cache=cache,
                                             **_mask_kwargs(cross_mask)),
                     _norm(cfg, "norm_cross"), det)
     x = _residual(cfg, x, lambda y: _feed_forward(cfg, y, det), _norm(cfg, "norm_ffn"), det)
@@ -208,8 +213,13 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, encoded: Array | None, enc_segments: Array | None,
                positions: Array | None, segments: Array | None, deterministic: bool,
-               decode: bool, return_hidden: bool = False) -> Array:
+               decode: bool, return_hidden: bool = False, prime: bool = False) -> Array | None:
     cfg = self.cfg
+    if prime:  # Cross-attention keys and values of `encoded` into the cache, once per sequence.
+      stack = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, num_args=6)
+      stack(cfg, self.has_cross, None, True, True, name="layers")(
+          encoded[:, :1], encoded, None, None, None, None, None)
+      return None
     batch, length = tokens.shape
     decode_index = None
     if decode:
@@ -303,6 +313,12 @@ class Transformer(nn.Module):
     [B, T, V] float32. With decode=True, `tgt_in` continues the cached prefix."""
     return self.decoder(tgt_in, encoded, src_segments, tgt_positions, tgt_segments,
                         deterministic, decode, return_hidden)
+
+  def prime_cache(self, encoded: Array) -> None:
+    """Fills the decode cache's cross-attention keys and values from the encoder output
+    [B, S, D] (apply with mutable=["cache"]); decode steps then read them instead of projecting
+    the encoder output again at every step."""
+    self.decoder(None, encoded, None, None, None, True, True, prime=True)
 
   def __call__(self, src: Array, tgt_in: Array, src_positions: Array | None = None,
                tgt_positions: Array | None = None, src_segments: Array | None = None,

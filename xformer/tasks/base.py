@@ -60,6 +60,13 @@ class Task:
     del cfg, rows, source_len
     return ()
 
+  def decode_cache(self, model: nn.Module, params: Any, rows: int, max_len: int,
+                   *context: Array) -> Any:
+    """The cache decoding starts from (before its first token) for `rows` sequences."""
+    del params, context
+    from xformer import model as model_lib  # pylint: disable=import-outside-toplevel
+    return model_lib.init_cache(model, rows, max_len)
+
   def decode_step(self, model: nn.Module, params: Any, cache: Any, tokens: Array,
                   *context: Array) -> tuple[Array, Any]:
     """One cached decode step: tokens [B, 1] -> (logits [B, V], updated cache)."""

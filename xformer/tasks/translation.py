@@ -49,6 +49,9 @@ class Translation(base.Task):
     return (jax.ShapeDtypeStruct((rows, source_len, cfg.d_model), cfg.dtype),
             jax.ShapeDtypeStruct((rows, source_len), jnp.int32))
 
+  def decode_cache(self, model, params, rows, max_len, *context):
+    return decode.translation_cache(model, params, context[0], max_len)  # Cross K/V filled.
+
   def decode_step(self, model, params, cache, tokens, *context):
     encoded, src_segments = context
     return decode.translation_step(model, params, encoded, src_segments)(cache, tokens)
