@@ -12,6 +12,7 @@ def get_config(arg=None):
   c.model = config_lib.model_section(args["variant"], args["posemb"], norm="pre",
                                      activation="gelu", max_len=512)
   c.model.dtype = "bfloat16"
+  c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/splash.py).
   c.data.dataset = "lm1b"
   c.data.eval_split = "test"  # lm1b has train and test only (its held-out set).
   c.data.max_target_len = 256

@@ -17,6 +17,7 @@ def get_config(arg=None):
   # position table must have a row for each).
   c.model = config_lib.model_section(args["variant"], args["posemb"], max_len=306)
   c.model.dtype = "bfloat16"
+  c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/splash.py).
   c.data.dataset = "wmt14_translate/de-en"
   c.data.source_lang, c.data.target_lang = "en", "de"  # English to German, as in the paper.
   c.data.eval_split = "validation"  # newstest2013

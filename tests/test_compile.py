@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -21,6 +22,16 @@ platforms.compile_only_environment("v5p-8")  # Before libtpu is first loaded (qu
 # pylint: disable=wrong-import-position
 from xformer import compile as compile_lib
 from xformer import config_lib, errors, positional, sharding, targets
+
+@pytest.fixture(autouse=True)
+def _training_matmul_precision():
+  """Compile as runs do: conftest's "highest" precision (for CPU numerics) is refused by Mosaic
+  for the splash kernel's bf16 matmuls, and no run sets it."""
+  previous = jax.config.jax_default_matmul_precision
+  jax.config.update("jax_default_matmul_precision", None)
+  yield
+  jax.config.update("jax_default_matmul_precision", previous)
+
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SMALL = ["model.variant=tiny", "batch_size=16", "eval_batch_size=8",

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xformer import masks, splash
 from xformer.layers import EMBED, HEADS, KV, dense
 
 Array = jax.Array
@@ -95,6 +96,8 @@ class MultiHeadAttention(nn.Module):
       q_lengths: Array | None = None,
       kv_lengths: Array | None = None,
       cross_cache: str | None = None,
+      q_segments: Array | None = None,
+      kv_segments: Array | None = None,
   ) -> Array | None:
     """Attends from x_q [B, T, D] to x_kv [B, S, D]; returns [B, T, D].
 
@@ -110,6 +113,8 @@ class MultiHeadAttention(nn.Module):
         the length of x_q on first call, the initialisation call) and queries attend to the cache.
       is_causal, q_lengths [B], kv_lengths [B]: the mask as a fused kernel takes it (mask=None):
         causal, and rows whose first q_lengths / kv_lengths tokens are real (unpacked rows).
+      q_segments [B, T], kv_segments [B, S]: the mask as segment ids (mask=None; with
+        is_causal), for the splash kernel; other kernels get the equivalent dense mask.
       cross_cache: cross-attention while decoding. "fill": project x_kv (the encoder output)
         to keys and values once per sequence into the `cache` collection and return None
         (x_q unused); "read": use them if filled (else project x_kv, as without a cache).
@@ -139,6 +144,13 @@ class MultiHeadAttention(nn.Module):
 
     explicit = (self.dropout_rate > 0.0 and not deterministic) or self.is_mutable_collection(
         "intermediates")
+    if q_segments is not None:
+      if (self.implementation == "splash" and not explicit and bias is None
+          and q.shape[1] % splash.BLOCK == 0 and k.shape[1] % splash.BLOCK == 0):
+        out = splash.attention(q, k, v, q_segments, kv_segments, causal=is_causal)
+        return dense(x_q.shape[-1], (HEADS, KV, EMBED), axis=(-2, -1), name="out", **kw)(out)
+      mask = masks.attention_mask(q_segments, kv_segments, causal=is_causal)  # [B, 1, T, S]
+      is_causal = False
     if mask is None and (is_causal or kv_lengths is not None) and explicit:
       mask = _mask_from_lengths(q.shape[1], k.shape[1], is_causal, q_lengths, kv_lengths)
     if explicit:

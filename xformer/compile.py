@@ -164,7 +164,8 @@ def compile_config(config: ml_collections.ConfigDict, target_name: str, *,
       "target": target.name, "topology": target.topology, "num_slices": target.num_slices,
       "devices": target.devices, "mesh": dict(run.mesh.shape), "hbm_per_device_gib":
       target.chip.hbm_gib, "peak_tflops_per_device": target.chip.peak_tflops,
-      "peak_source": target.chip.source, "num_params": run.num_params, "steps": {}}
+      "peak_source": target.chip.source, "num_params": run.num_params,
+      "attention": run.attention, "steps": {}}
   for name in steps:
     report["steps"][name] = _compile_step(run, name, target)
   train = report["steps"]["train"]
@@ -231,7 +232,7 @@ def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
   else:
     cost, out["estimated_from"] = train, "the step as configured (no layer loop)"
   step_s = cost["optimal_seconds"]
-  if step_s:
+  if step_s and step_s > 0:  # (libtpu 0.0.42 returns negative times for v5e: no estimate.)
     out["est_step_s"] = step_s
     out["est_tokens_per_s"] = out["tokens_per_step"] / step_s
     out["est_mfu"] = out["model_flops_per_step"] / (
@@ -268,7 +269,7 @@ def _tera(flops: float | None) -> str:
 def format_report(report: dict[str, Any]) -> str:
   head = (f"{report['target']} ({report['topology']}, {report['devices']} devices, "
           f"{report['hbm_per_device_gib']:g} GiB each), mesh {report['mesh']}, "
-          f"{report['num_params']:,} parameters")
+          f"{report['num_params']:,} parameters, attention {report['attention']}")
   rows = ["| step | compile s | arguments GiB | temporaries GiB | peak GiB | fits | "
           "compiler TFLOP/device |", "|---|---|---|---|---|---|---|"]
   for name, s in report["steps"].items():

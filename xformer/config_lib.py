@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from xformer import decode, errors, optim, positional, tasks, variants
+from xformer import decode, errors, optim, positional, splash, tasks, variants
 from xformer.data import datasets, pipeline, text_files, tokenizer
 
 VERSION = 2  # Of the config layout; 1: model.posemb_kw flat, sizes explicit (before Tasks).
@@ -196,6 +196,11 @@ def _check_lengths(config, task, cfg: variants.ModelConfig) -> None:
     raise errors.ConfigError(
         f"model.attention_impl={cfg.attention_impl!r} describes rows by their lengths, which "
         "packed rows do not have: set data.pack=False (or use attention_impl='xla').")
+  if cfg.attention_impl == "splash":
+    reason = splash.why_not(cfg.posemb, task.row_lengths(config.data), cfg.head_dim)
+    if reason:
+      raise errors.ConfigError(f"model.attention_impl='splash' cannot apply: {reason}. Use "
+                               "attention_impl='auto' (splash where it applies, else XLA).")
   if config.loss_chunk < 0 or (config.loss_chunk and config.data.max_target_len %
                                 config.loss_chunk):
     raise errors.ConfigError(f"loss_chunk={config.loss_chunk} must be 0 or divide "

@@ -61,10 +61,17 @@ LENGTH_IMPLS = ("xla_lengths", "cudnn")  # Attention kernels given lengths, not 
 
 
 def _mask_kwargs(mask: Array | dict[str, Array], causal: bool = False) -> dict[str, Any]:
-  """Attention keyword arguments of a dense mask, or of {"q": [B], "kv": [B]} row lengths."""
+  """Attention keyword arguments of a dense mask, of {"q": [B], "kv": [B]} row lengths, or of
+  {"q_segments": [B, T], "kv_segments": [B, S]} segment ids (the splash kernel)."""
+  if isinstance(mask, dict) and "q_segments" in mask:
+    return dict(mask=None, is_causal=causal, **mask)
   if isinstance(mask, dict):
     return dict(mask=None, is_causal=causal, q_lengths=mask["q"], kv_lengths=mask["kv"])
   return dict(mask=mask)
+
+
+def _segment_mask(q_segments: Array, kv_segments: Array) -> dict[str, Array]:
+  return {"q_segments": q_segments, "kv_segments": kv_segments}
 
 
 def _lengths(segments: Array | None, tokens: Array) -> Array:
@@ -183,6 +190,8 @@ class Encoder(nn.Module):
     x = _embed_tokens(cfg, self.embed, pe, tokens, positions, deterministic)  # [B, S, D]
     if cfg.attention_impl in LENGTH_IMPLS:  # Unpacked rows: real tokens first.
       mask = {"q": _lengths(segments, tokens), "kv": _lengths(segments, tokens)}
+    elif cfg.attention_impl == "splash":
+      mask = _segment_mask(segments, segments)
     else:
       mask = masks.attention_mask(segments, segments)  # [B, 1, S, S]
     bias = pe.bias(positions, positions) if positional.BIAS in pe.HOOKS else None
@@ -243,7 +252,12 @@ class Decoder(nn.Module):
         self_mask = masks.attention_mask(segments, segments, causal=True)  # [B, 1, T, T]
 
     cross_mask = None
-    if cfg.attention_impl in LENGTH_IMPLS and not decode:  # Unpacked rows, fused kernels.
+    if cfg.attention_impl == "splash" and not decode:
+      segments = jnp.ones_like(tokens) if segments is None else segments
+      self_mask = _segment_mask(segments, segments)
+      if self.has_cross:
+        cross_mask = _segment_mask(segments, enc_segments)
+    elif cfg.attention_impl in LENGTH_IMPLS and not decode:  # Unpacked rows, fused kernels.
       tgt_lengths = _lengths(segments, tokens)
       self_mask = {"q": tgt_lengths, "kv": tgt_lengths}
       if self.has_cross:

@@ -19,7 +19,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from xformer import decode, faults, optim, positional, sharding, steps, tasks
+from xformer import decode, faults, optim, positional, sharding, splash, steps, tasks
 from xformer import model as model_lib
 from xformer.variants import ModelConfig
 
@@ -35,8 +35,13 @@ class Run:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig, mesh: Mesh):
-    self.config, self.model_config, self.mesh = config, model_config, mesh
     self.task = tasks.get(config.task)
+    impl, why = splash.choose(model_config.attention_impl, model_config.posemb,
+                              self.task.row_lengths(config.data), mesh.devices.flat[0].platform,
+                              model_config.head_dim)
+    self.attention = f"{impl} ({why})"  # "auto" resolved for these devices; logged at start.
+    model_config = model_config.replace(attention_impl=impl)
+    self.config, self.model_config, self.mesh = config, model_config, mesh
     self.model = self.task.build_model(model_config)
     d_model = model_config.d_model
     self.schedule = optim.make_schedule(config.optimizer, d_model, config.num_train_steps)
@@ -55,15 +60,15 @@ class Run:
         steps.loss_sums, task=self.task, model=self.model,
         label_smoothing=config.label_smoothing, fused=config.fused_loss, chunk=config.loss_chunk)
     train_loss = faults.drill(loss_fn, faults.Faults(**config.faults.to_dict()))
-    self.p_train_step = jax.jit(
+    self.p_train_step = InMesh(mesh, jax.jit(
         functools.partial(steps.train_step, loss_fn=train_loss, tx=self.tx,
                           schedule=self.schedule, grad_accum_steps=config.grad_accum_steps,
                           skip_nonfinite=config.nan_policy == "skip"),
         in_shardings=(self.state_shardings, self.batch_sharding, replicated),
-        out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-    self.p_eval_step = jax.jit(
+        out_shardings=(self.state_shardings, replicated), donate_argnums=(0,)))
+    self.p_eval_step = InMesh(mesh, jax.jit(
         functools.partial(steps.eval_step, loss_fn=loss_fn),
-        in_shardings=(self.param_shardings, self.batch_sharding), out_shardings=replicated)
+        in_shardings=(self.param_shardings, self.batch_sharding), out_shardings=replicated))
 
   @property
   def num_params(self) -> int:
@@ -107,8 +112,25 @@ class Run:
     if self.position_limit() is not None:
       max_len = min(max_len, self.position_limit())
     src = self.put_batch({"rows": rows})["rows"]  # Padded to a multiple of the batch devices.
-    tokens, scores = decode.translate(self.model, params, src, max_len=max_len,
-                                      beam=settings.beam_size, alpha=settings.alpha)
+    with jax.set_mesh(self.mesh):
+      tokens, scores = decode.translate(self.model, params, src, max_len=max_len,
+                                        beam=settings.beam_size, alpha=settings.alpha)
     if jax.process_count() > 1:
       tokens, scores = multihost_utils.process_allgather((tokens, scores), tiled=True)
     return np.asarray(tokens)[:len(rows)], np.asarray(scores)[:len(rows)]
+
+
+class InMesh:
+  """A jitted function traced, lowered and run with `mesh` as the current mesh (kernels that
+  run per shard, such as splash attention, read it), called and lowered like the function."""
+
+  def __init__(self, mesh: Mesh, fn):
+    self.mesh, self.fn = mesh, fn
+
+  def __call__(self, *args, **kwargs):
+    with jax.set_mesh(self.mesh):
+      return self.fn(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with jax.set_mesh(self.mesh):
+      return self.fn.lower(*args, **kwargs)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from xformer import errors
+from xformer import errors, platforms
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -48,7 +48,8 @@ def maybe_initialize_distributed() -> None:
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
         process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+  elif (os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID")) and (
+      platforms.tpu_present()):  # (Not a compile-only environment: platforms.py.)
     jax.distributed.initialize()
   if jax.process_count() > 1:
     logging.info("Process %d of %d, %d local devices.", jax.process_index(), jax.process_count(),

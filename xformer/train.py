@@ -160,7 +160,7 @@ def describe(run: Run, inputs: Inputs | None = None) -> str:
       f"Model: {run.task.name}, {type(run.model).__name__} {run.config.model.variant} "
       f"(d_model {cfg.d_model}, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
       f"{cfg.num_heads} heads, d_ff {cfg.d_ff}), posemb {cfg.posemb}, "
-      f"{run.num_params:,} parameters, {cfg.dtype.name} compute",
+      f"{run.num_params:,} parameters, {cfg.dtype.name} compute, attention {run.attention}",
       f"Mesh: {' x '.join(f'{k} {v}' for k, v in mesh.shape.items())} over {mesh.devices.size} "
       f"{mesh.devices.flat[0].platform} devices ({jax.process_count()} process(es))"]
   if inputs is not None:

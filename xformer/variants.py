@@ -17,7 +17,7 @@ from xformer import errors, layers, positional
 
 NORMS = ("post", "pre")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_IMPLS = ("xla", "xla_lengths", "cudnn")
+ATTENTION_IMPLS = ("xla", "xla_lengths", "cudnn", "splash", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,10 @@ class ModelConfig:
       are stacked the same way whatever the value, so a checkpoint loads under any setting.
     attention_impl: "xla": XLA attention with dense masks (packing works); "cudnn": cuDNN's
       fused kernel (GPU, bf16/fp16), masks given as causal flag + sequence lengths, so rows must
-      be unpacked; "xla_lengths": XLA with those same arguments (CPU tests, debugging).
+      be unpacked; "xla_lengths": XLA with those same arguments (CPU tests, debugging);
+      "splash": the Pallas TPU kernel (xformer/splash.py; packed rows via segment ids, no logit
+      bias, row lengths multiples of 128); "auto": splash on TPU where it applies, else "xla"
+      (resolved by `xformer.run.Run`, which logs the choice).
     layer_norm_eps: LayerNorm epsilon.
   """
 

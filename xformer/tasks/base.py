@@ -91,6 +91,12 @@ class Task:
     ("inputs", "targets") get segment ids and positions; others follow their side's rows."""
     raise NotImplementedError
 
+  def row_lengths(self, data: Any) -> tuple[int, ...]:
+    """The row lengths attention sees in training (every side of a batch)."""
+    from xformer.data.pipeline import Lengths  # pylint: disable=import-outside-toplevel
+    lengths = Lengths(data.max_source_len, data.max_target_len)
+    return tuple(sorted(set(self.feature_lengths(lengths).values())))
+
   def longest_position(self, data: Any, decode: Any) -> int:
     """The longest sequence the model reads in training, evaluation and decoding (checked
     against a learned table's size before any data is read)."""

@@ -1,0 +1,106 @@
+"""Splash attention (the Pallas TPU kernel) against XLA attention, in Pallas' interpret mode on
+CPU: forward and gradients, causal and bidirectional, packed rows, fp32 and bf16; and when
+model.attention_impl="auto" / "splash" may use it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xformer import config_lib, errors, masks, splash
+from xformer.attention import attention_weights
+
+T = 128  # One kernel block.
+
+
+def _packed_segments(rng, rows, length):
+  """Rows of 1-3 packed segments followed by padding (0)."""
+  out = np.zeros((rows, length), np.int32)
+  for r in range(rows):
+    cuts = np.sort(rng.choice(np.arange(8, length - 8), size=3, replace=False))
+    out[r, :cuts[0]], out[r, cuts[0]:cuts[1]], out[r, cuts[1]:cuts[2]] = 1, 2, 3
+  return jnp.asarray(out)
+
+
+def _reference(q, k, v, qs, ks, causal):
+  mask = masks.attention_mask(qs, ks, causal=causal)
+  probs = attention_weights(q.astype(jnp.float32), k.astype(jnp.float32), mask, None)
+  return jnp.einsum("BNTS,BSNH->BTNH", probs, v.astype(jnp.float32))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)])
+def test_splash_equals_xla_attention_forward_and_gradients(causal, dtype, tol):
+  rng = np.random.default_rng(0)
+  keys = jax.random.split(jax.random.key(1), 4)
+  q, k, v = (jax.random.normal(key, (2, T, 2, 64), jnp.float32) for key in keys[:3])
+  qs = _packed_segments(rng, 2, T)
+  ks = qs if causal else _packed_segments(np.random.default_rng(0), 2, T)  # Same packing.
+  real = (qs > 0)[:, :, None, None]  # Padding queries' outputs are meaningless by design.
+  cot = jax.random.normal(keys[3], q.shape) * real
+
+  def loss(fn, q, k, v):
+    return jnp.sum(fn(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32)
+                   * cot)
+
+  fused = lambda q, k, v: splash.attention(q, k, v, qs, ks, causal=causal)
+  ref = lambda q, k, v: _reference(q, k, v, qs, ks, causal)
+  out = fused(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32)
+  want = ref(q.astype(dtype), k.astype(dtype), v.astype(dtype))
+  np.testing.assert_allclose(out * real, want * real, atol=tol, rtol=tol)
+  got = jax.grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2))(q, k, v)
+  exp = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))(q, k, v)
+  for name, g, e in zip("qkv", got, exp):
+    np.testing.assert_allclose(g, e, atol=5 * tol, rtol=5 * tol, err_msg=name)
+
+
+def test_auto_takes_splash_only_on_tpu_and_where_it_applies():
+  assert splash.choose("auto", "rope", (256,), "tpu")[0] == "splash"
+  assert splash.choose("auto", "rope", (256,), "cpu")[0] == "xla"
+  impl, why = splash.choose("auto", "alibi", (256,), "tpu")
+  assert impl == "xla" and "logit bias" in why
+  impl, why = splash.choose("auto", "rope", (64, 256), "tpu")
+  assert impl == "xla" and "[64]" in why
+  assert splash.choose("xla", "rope", (256,), "tpu")[0] == "xla"
+
+
+def test_explicit_splash_that_cannot_apply_fails_validation():
+  config = config_lib.load_file("configs/lm_default.py", "posemb=alibi",
+                                ["model.attention_impl=splash"])
+  with pytest.raises(errors.ConfigError, match="logit bias"):
+    config_lib.validate(config)
+  config = config_lib.load_file("configs/lm_default.py", "posemb=rope",
+                                ["model.attention_impl=splash", "data.max_target_len=100"])
+  with pytest.raises(errors.ConfigError, match=r"\[100\] are not multiples of its 128"):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize("posemb", ["rope", "sinusoidal", "learned"])
+def test_models_with_splash_equal_xla_sharded_over_8_devices(posemb):
+  """Packed translation rows through the whole model, as training runs it: logits and gradients
+  of splash (per shard: rows over data, heads over tensor) equal XLA attention's."""
+  from xformer import model as model_lib, sharding, variants  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh({"data": 4, "fsdp": 1, "tensor": 2})
+  rng = np.random.default_rng(3)
+  seg = _packed_segments(rng, 8, T)
+  pos = jnp.asarray(np.concatenate([[0], np.cumsum(np.diff(np.asarray(seg), axis=1) == 0, 1)
+                                    .astype(np.int32)[0]])[None].repeat(8, 0))
+  pos = jnp.where(seg > 0, pos, 0)
+  tokens = jnp.where(seg > 0, jnp.asarray(rng.integers(3, 50, (8, T))), 0)
+  out = {}
+  for impl in ("xla", "splash"):
+    cfg = variants.variant("tiny", vocab_size=50, num_heads=2, posemb=posemb, dropout=0.0,
+                           max_len=T, attention_impl=impl)
+    model = model_lib.Transformer(cfg)
+    params = model_lib.init_params(model, jax.random.key(0))
+
+    def loss(p):
+      logits = model.apply({"params": p}, tokens, tokens, src_positions=pos, tgt_positions=pos,
+                           src_segments=seg, tgt_segments=seg)
+      return jnp.sum(jax.nn.log_softmax(logits)[..., 7] * (seg > 0))
+
+    with jax.set_mesh(mesh):
+      out[impl] = jax.jit(jax.value_and_grad(loss))(params)
+  np.testing.assert_allclose(out["splash"][0], out["xla"][0], rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5),
+               out["splash"][1], out["xla"][1])
