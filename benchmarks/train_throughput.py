@@ -8,7 +8,7 @@ Each (config, encoding) pair builds the real run (`xformer.run.Run`: data pipeli
 jitted train step) and times `--steps` steps on real batches after a compile step and `--warmup`
 more (on CPU the first steps after compiling run up to 2x slower while the heap grows). Real tokens
 are target tokens (plus source tokens for translation) that are not padding; slots count
-padding too. MFU = model FLOPs per step (benchmarks/flops.py, computed on slots) / step time /
+padding too. MFU = model FLOPs per step (xformer/flops.py, computed on slots) / step time /
 peak FLOP/s. Peak: --peak_tflops, else a known figure for the device, else measured here as the
 best of a few large float32 matmuls ("achievable" peak, so CPU MFU is relative to that).
 """
@@ -28,20 +28,17 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
 from xformer import host_memory, positional  # noqa: E402
-from xformer import config_lib, flops as flops_lib, train  # noqa: E402
+from xformer import config_lib, flops as flops_lib, targets, train  # noqa: E402
 
-# Dense peak TFLOP/s per chip by device_kind substring (bf16; fp32 in brackets where used).
-PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
-         "TPU v5p": 459.0, "TPU v6": 918.0}
 
 
 def peak_tflops(args) -> tuple[float, str]:
   if args.peak_tflops > 0:
     return args.peak_tflops, "given"
   kind = jax.devices()[0].device_kind
-  for key, value in PEAKS.items():
-    if key in kind:
-      return value * len(jax.devices()), f"{kind} spec"
+  chip = targets.chip_of_device_kind(kind)  # The one peak table (xformer/targets.py).
+  if chip is not None:
+    return chip.peak_tflops * len(jax.devices()), f"{kind} spec"
   return common.measured_peak_tflops(), "measured f32 matmul"
 
 

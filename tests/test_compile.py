@@ -59,6 +59,7 @@ def test_abstract_devices_match_the_live_slice():
                      ("v6e-8", "TPU v6 lite")]:
     devices = targets.abstract_devices(targets.parse(name))
     assert len(devices) == targets.parse(name).devices and devices[0].device_kind == kind
+    assert targets.chip_of_device_kind(kind) is targets.parse(name).chip  # The peak table.
 
 
 def test_multislice_mesh_puts_the_data_axis_across_slices():

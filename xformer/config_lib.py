@@ -197,7 +197,7 @@ def _check_lengths(config, task, cfg: variants.ModelConfig) -> None:
         f"model.attention_impl={cfg.attention_impl!r} describes rows by their lengths, which "
         "packed rows do not have: set data.pack=False (or use attention_impl='xla').")
   if cfg.attention_impl == "splash":
-    reason = splash.why_not(cfg.posemb, task.row_lengths(config.data), cfg.head_dim)
+    reason = splash.why_not(cfg.posemb, task.row_lengths(config.data))
     if reason:
       raise errors.ConfigError(f"model.attention_impl='splash' cannot apply: {reason}. Use "
                                "attention_impl='auto' (splash where it applies, else XLA).")

@@ -37,8 +37,7 @@ class Run:
   def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig, mesh: Mesh):
     self.task = tasks.get(config.task)
     impl, why = splash.choose(model_config.attention_impl, model_config.posemb,
-                              self.task.row_lengths(config.data), mesh.devices.flat[0].platform,
-                              model_config.head_dim)
+                              self.task.row_lengths(config.data), mesh.devices.flat[0].platform)
     self.attention = f"{impl} ({why})"  # "auto" resolved for these devices; logged at start.
     model_config = model_config.replace(attention_impl=impl)
     self.config, self.model_config, self.mesh = config, model_config, mesh

@@ -26,9 +26,8 @@ BLOCK = 128  # Splash tiles: row lengths must be multiples of this.
 Array = jax.Array
 
 
-def why_not(posemb: str, lengths: tuple[int, ...], head_dim: int) -> str | None:
+def why_not(posemb: str, lengths: tuple[int, ...]) -> str | None:
   """Why splash cannot compute this model's attention at these row lengths (None: it can)."""
-  del head_dim  # Any width compiled here (64 on TPU targets; 16-64 in interpret mode).
   if positional.BIAS in positional.get(posemb).HOOKS:
     return f"posemb={posemb!r} adds a logit bias, which the splash kernel has no input for"
   odd = [n for n in lengths if n % BLOCK]
@@ -37,14 +36,13 @@ def why_not(posemb: str, lengths: tuple[int, ...], head_dim: int) -> str | None:
   return None
 
 
-def choose(impl: str, posemb: str, lengths: tuple[int, ...], platform: str,
-           head_dim: int = 64) -> tuple[str, str]:
+def choose(impl: str, posemb: str, lengths: tuple[int, ...], platform: str) -> tuple[str, str]:
   """The concrete attention of model.attention_impl="auto" ("splash" or "xla") and why."""
   if impl != "auto":
     return impl, "model.attention_impl"
   if platform != "tpu":
     return "xla", f"auto on {platform}: splash is a TPU kernel"
-  reason = why_not(posemb, lengths, head_dim)
+  reason = why_not(posemb, lengths)
   if reason:
     return "xla", f"auto on TPU, but {reason}"
   return "splash", "auto on TPU"

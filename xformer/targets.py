@@ -32,18 +32,35 @@ class Chip:
   cores_per_unit: int = 1  # TPU: Cloud's name counts cores; this many per chip.
   dims: int = 3  # TPU torus dimensions (v5e, v6e: 2D).
   source: str = ""
+  device_kind: str = ""  # jax's Device.device_kind on the live chip (a prefix for GPUs).
 
 
 # Peaks are the vendors' dense bf16 figures per chip; HBM per chip.
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("tpu", 275.0, 32.0, "v4", 2, 3, "cloud.google.com/tpu/docs/v4"),
-    "v5litepod": Chip("tpu", 197.0, 16.0, "v5e", 1, 2, "cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip("tpu", 459.0, 95.0, "v5p", 2, 3, "cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip("tpu", 918.0, 32.0, "v6e", 1, 2, "cloud.google.com/tpu/docs/v6e"),
-    "h100": Chip("cuda", 989.0, 80.0, source="NVIDIA H100 SXM datasheet (dense BF16)"),
-    "h200": Chip("cuda", 989.0, 141.0, source="NVIDIA H200 SXM datasheet (dense BF16)"),
-    "a100": Chip("cuda", 312.0, 80.0, source="NVIDIA A100 80GB SXM datasheet (dense BF16)"),
+    "v4": Chip("tpu", 275.0, 32.0, "v4", 2, 3, "cloud.google.com/tpu/docs/v4",
+               "TPU v4"),
+    "v5litepod": Chip("tpu", 197.0, 16.0, "v5e", 1, 2,
+                      "cloud.google.com/tpu/docs/v5e", "TPU v5 lite"),
+    "v5p": Chip("tpu", 459.0, 95.0, "v5p", 2, 3, "cloud.google.com/tpu/docs/v5p",
+                "TPU v5"),
+    "v6e": Chip("tpu", 918.0, 32.0, "v6e", 1, 2, "cloud.google.com/tpu/docs/v6e",
+                "TPU v6 lite"),
+    "h100": Chip("cuda", 989.0, 80.0, source="NVIDIA H100 SXM datasheet (dense BF16)",
+                 device_kind="NVIDIA H100"),
+    "h200": Chip("cuda", 989.0, 141.0, source="NVIDIA H200 SXM datasheet (dense BF16)",
+                 device_kind="NVIDIA H200"),
+    "a100": Chip("cuda", 312.0, 80.0, source="NVIDIA A100 80GB SXM datasheet (dense BF16)",
+                 device_kind="NVIDIA A100"),
 }
+
+
+
+def chip_of_device_kind(kind: str) -> Chip | None:
+  """The Chip a live device is (`jax.devices()[0].device_kind`), None if not in CHIPS."""
+  exact = [c for c in CHIPS.values() if c.platform == "tpu" and c.device_kind == kind]
+  return exact[0] if exact else next(
+      (c for c in CHIPS.values() if c.platform == "cuda" and kind.startswith(c.device_kind)), None)
+
 
 # XLA GpuTargetConfig descriptions (published specifications of each GPU).
 GPU_TARGET_FILES = {name: os.path.join(_HERE, "gpu_targets", f"{name}.pbtxt")
