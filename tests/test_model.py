@@ -15,7 +15,8 @@ import pytest
 from xformer import model as model_lib
 from xformer import layers, positional, tasks, variants
 
-ENCODINGS = ["none", "sinusoidal", "learned", "rope", "alibi", "t5_bias"]
+ENCODINGS = ["none", "sinusoidal", "learned", "rope", "alibi", "t5_bias", "xpos", "fire",
+             "kerple_log"]
 assert set(ENCODINGS) <= set(positional.names())
 
 

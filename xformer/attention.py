@@ -66,8 +66,8 @@ class MultiHeadAttention(nn.Module):
     num_heads: N.
     head_dim: H (d_k = d_v).
     dropout_rate: dropout on the attention weights.
-    rotate_fn: optional f(x [B, T, N, H], positions [B, T]) -> x applied to q and k (RoPE);
-      only meaningful for self-attention.
+    rotate_fn: optional f(x [B, T, N, H], positions [B, T], role) -> x applied to q (role
+      "query") and k (role "key"): RoPE, xPos; only meaningful for self-attention.
     implementation: None/"xla" (dense masks), "xla_lengths" or "cudnn" (the kernel gets
       is_causal and sequence lengths instead of a mask: see `__call__`).
     dtype: compute dtype; param_dtype: parameter dtype.
@@ -76,7 +76,7 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   head_dim: int
   dropout_rate: float = 0.0
-  rotate_fn: Callable[[Array, Array], Array] | None = None
+  rotate_fn: Callable[[Array, Array, str], Array] | None = None
   implementation: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -136,8 +136,8 @@ class MultiHeadAttention(nn.Module):
     q = dense(heads, (EMBED, HEADS, KV), name="query", **kw)(x_q)  # [B, T, N, H]
 
     if self.rotate_fn is not None:
-      q = self.rotate_fn(q, positions)
-      k = self.rotate_fn(k, positions)
+      q = self.rotate_fn(q, positions, "query")
+      k = self.rotate_fn(k, positions, "key")
 
     if decode_index is not None:
       k, v = self._update_cache(k, v, decode_index)  # [B, L, N, H] each

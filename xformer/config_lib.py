@@ -192,6 +192,10 @@ def _check_lengths(config, task, cfg: variants.ModelConfig) -> None:
         f"this run reads sequences of up to {longest} tokens (data lengths, and for translation "
         f"max_source_len + decode.max_extra = {config.data.max_source_len} + "
         f"{settings.max_extra}). Set --config.model.max_len={longest} or shorten those.")
+  if 0 < cfg.random_positions < longest:
+    raise errors.ConfigError(
+        f"model.random_positions={cfg.random_positions} must be at least the longest sequence "
+        f"this run reads ({longest} tokens): it is the range the positions are drawn from.")
   if cfg.attention_impl in ("cudnn", "xla_lengths") and config.data.pack:
     raise errors.ConfigError(
         f"model.attention_impl={cfg.attention_impl!r} describes rows by their lengths, which "

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xformer import layers, masks, positional
+from xformer import layers, masks, positional, random_positions
 from xformer.attention import MultiHeadAttention
 from xformer.layers import EMBED, LAYERS, VOCAB
 from xformer.variants import ModelConfig
@@ -91,7 +91,7 @@ class EncoderLayer(nn.Module):
   """Self-attention and feed-forward, each wrapped in residual + LayerNorm. Scan body."""
 
   cfg: ModelConfig
-  rotate_fn: Callable[[Array, Array], Array] | None = None
+  rotate_fn: Callable[[Array, Array, str], Array] | None = None
   deterministic: bool = True
 
   @nn.compact
@@ -110,7 +110,7 @@ class DecoderLayer(nn.Module):
 
   cfg: ModelConfig
   has_cross: bool = True
-  rotate_fn: Callable[[Array, Array], Array] | None = None
+  rotate_fn: Callable[[Array, Array, str], Array] | None = None
   deterministic: bool = True
   prime: bool = False  # Only fill the cross-attention cache from `encoded` (decoding).
 
@@ -173,6 +173,15 @@ def _embed_tokens(cfg: ModelConfig, embed: nn.Embed, pe: positional.PositionalEn
   return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
+def _train_positions(module: nn.Module, cfg: ModelConfig, tokens: Array, positions: Array,
+                     deterministic: bool) -> Array:
+  """`positions`, or in training with model.random_positions a random sorted subset per segment."""
+  if not cfg.random_positions or deterministic:
+    return positions
+  return random_positions.sample(module.make_rng("dropout"), positions, tokens != 0,
+                                 cfg.random_positions)  # [B, T]
+
+
 def _default_positions(tokens: Array, start: Array | int = 0) -> Array:
   return jnp.broadcast_to(start + jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
@@ -187,6 +196,7 @@ class Encoder(nn.Module):
   def __call__(self, tokens: Array, positions: Array, segments: Array, deterministic: bool):
     cfg = self.cfg
     pe = _posemb(cfg, bidirectional=True)
+    positions = _train_positions(self, cfg, tokens, positions, deterministic)  # [B, S]
     x = _embed_tokens(cfg, self.embed, pe, tokens, positions, deterministic)  # [B, S, D]
     if cfg.attention_impl in LENGTH_IMPLS:  # Unpacked rows: real tokens first.
       mask = {"q": _lengths(segments, tokens), "kv": _lengths(segments, tokens)}
@@ -245,6 +255,7 @@ class Decoder(nn.Module):
       self_mask = masks.decode_mask(decode_index, length, key_positions.shape[1])  # [1,1,T,L]
     else:
       positions = _default_positions(tokens) if positions is None else positions
+      positions = _train_positions(self, cfg, tokens, positions, deterministic)  # [B, T]
       key_positions = positions
       if segments is None:
         self_mask = masks.causal_mask(length, length)[None, None]  # [1, 1, T, T]

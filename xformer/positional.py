@@ -1,11 +1,13 @@
-"""Positional encodings, chosen by name: `none`, `sinusoidal`, `learned`, `rope`, `alibi`, `t5_bias`.
+"""Positional encodings, chosen by name: `none`, `sinusoidal`, `learned`, `rope`, `alibi`, `t5_bias`
+here; `xpos`, `fire`, `kerple_log` in xformer/positional_recent.py.
 
 Each encoding is one registered `PositionalEncoding` subclass and plugs into the model through at
 most three hooks:
 
   * ``add``:    `embed(positions) -> [B, T, D]`, added to the scaled token embeddings;
-  * ``rotate``: `rotate_fn() -> f(x [B, T, N, H], positions [B, T]) -> x`, applied to queries and
-                keys of self-attention (must be parameter-free: it runs inside the scanned layers);
+  * ``rotate``: `rotate_fn() -> f(x [B, T, N, H], positions [B, T], role) -> x`, applied to the
+                queries (role "query") and keys (role "key") of self-attention; RoPE treats both
+                alike, xPos does not. Must be parameter-free: it runs inside the scanned layers;
   * ``bias``:   `bias(q_positions, k_positions) -> [B, N, T, S]`, added to self-attention logits
                 (computed once per stack and shared by its layers, as in T5).
 
@@ -28,7 +30,6 @@ functions so tests can check it against independent numpy formulas.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, ClassVar
 
@@ -37,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xformer import errors, registry
+from xformer import errors, registry, rope_scaling
 
 ADD, ROTATE, BIAS = "add", "rotate", "bias"
+QUERY, KEY = "query", "key"  # The `role` argument of a rotate function.
 _HOOK_METHODS = {ADD: "embed", ROTATE: "rotate_fn", BIAS: "bias"}
 
 Array = jax.Array
@@ -101,13 +103,7 @@ def apply_rope(x: Array, positions: Array, base: float = 10_000.0) -> Array:
   head_dim = x.shape[-1]
   if head_dim % 2:
     raise ValueError(f"RoPE needs an even head dimension, got {head_dim}.")
-  positions = jnp.broadcast_to(positions, x.shape[:2])  # [B, T]
-  angles = positions[..., None].astype(jnp.float32) * rope_frequencies(head_dim, base)  # [B,T,H/2]
-  sin = jnp.sin(angles)[:, :, None, :]  # [B, T, 1, H/2]
-  cos = jnp.cos(angles)[:, :, None, :]
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # 2 x [B, T, N, H/2]
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)  # [B, T, N, H]
-  return rotated.astype(x.dtype)
+  return rope_scaling.rotate(x, positions, rope_frequencies(head_dim, base)).astype(x.dtype)
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -187,13 +183,21 @@ class PositionalEncoding(nn.Module):
     """ADD hook: [B, T] positions -> [B, T, D] vector added to the scaled token embeddings."""
     raise NotImplementedError
 
-  def rotate_fn(self) -> Callable[[Array, Array], Array]:
-    """ROTATE hook: a parameter-free f(x [B, T, N, H], positions [B, T]) -> x for q and k."""
+  def rotate_fn(self) -> Callable[[Array, Array, str], Array]:
+    """ROTATE hook: a parameter-free f(x [B, T, N, H], positions [B, T], role) -> x, called with
+    role QUERY on the queries and KEY on the keys."""
     raise NotImplementedError
 
   def bias(self, q_positions: Array, k_positions: Array) -> Array:
     """BIAS hook: [B, T] and [B, S] positions -> [B, N, T, S] float32 logit bias."""
     raise NotImplementedError
+
+  @classmethod
+  def check_kwargs(cls, kwargs: dict[str, Any]) -> str | None:
+    """Why these keyword argument values are invalid (a sentence), or None. Runs in validation,
+    before anything is traced; override to check values, not only names."""
+    del kwargs
+    return None
 
 
 def register(name: str):
@@ -247,6 +251,9 @@ def validate(name: str, kwargs: dict[str, Any] | None = None) -> None:
   if bad:
     raise errors.ConfigError(f"Positional encoding {name!r} got unknown arguments {sorted(bad)}; "
                      f"it accepts: {kwarg_names(name) or 'none'}.")
+  reason = get(name).check_kwargs({**default_kwargs(name), **dict(kwargs or {})})
+  if reason:
+    raise errors.ConfigError(f"model.posemb_kw.{name}: {reason}.")
 
 
 def make(posemb: str, kwargs: dict[str, Any] | None = None, **common: Any) -> PositionalEncoding:
@@ -307,13 +314,41 @@ class Learned(PositionalEncoding):
 
 @register("rope")
 class RoPE(PositionalEncoding):
-  """Rotary embeddings on queries and keys of self-attention (Su et al. 2021)."""
+  """Rotary embeddings on queries and keys of self-attention (Su et al. 2021), optionally
+  extended past the trained context (xformer/rope_scaling.py).
+
+  Attributes:
+    base: the frequency base b of theta_i = b^(-2i/H).
+    scaling: "none", "linear" (position interpolation), "ntk" (NTK-aware) or "yarn".
+    factor: s, how many times the trained context the model reads (>= 1).
+    original_len: the sequence length the model was trained on (YaRN's L).
+    yarn_alpha, yarn_beta: YaRN's ramp bounds (1 and 32 in the paper, for Llama).
+  """
 
   HOOKS = frozenset({ROTATE})
   base: float = 10_000.0
+  scaling: str = "none"
+  factor: float = 1.0
+  original_len: int = 0
+  yarn_alpha: float = 1.0
+  yarn_beta: float = 32.0
 
-  def rotate_fn(self) -> Callable[[Array, Array], Array]:
-    return functools.partial(apply_rope, base=self.base)
+  @classmethod
+  def check_kwargs(cls, kwargs: dict[str, Any]) -> str | None:
+    return rope_scaling.check(kwargs["scaling"], kwargs["factor"], kwargs["original_len"])
+
+  def rotate_fn(self) -> Callable[[Array, Array, str], Array]:
+    if self.scaling == "none":  # Queries and keys alike.
+      return lambda x, positions, role: apply_rope(x, positions, self.base)
+    mscale = rope_scaling.attention_factor(self.scaling, self.factor)
+
+    def rotate(x: Array, positions: Array, role: str) -> Array:
+      del role  # Queries and keys alike: logits scale by mscale^2, i.e. 1 / t.
+      theta = rope_scaling.frequencies(x.shape[-1], self.base, self.scaling, self.factor,
+                                       self.original_len, self.yarn_alpha, self.yarn_beta)
+      return (rope_scaling.rotate(x, positions, theta) * mscale).astype(x.dtype)
+
+    return rotate
 
 
 @register("alibi")
@@ -349,3 +384,7 @@ class T5Bias(PositionalEncoding):
     )  # [buckets, N]
     values = jnp.take(table, buckets, axis=0).astype(jnp.float32)  # [B, T, S, N]
     return values.transpose(0, 3, 1, 2)  # [B, N, T, S]
+
+
+# The newer encodings register themselves on import (they subclass PositionalEncoding).
+from xformer import positional_recent  # noqa: E402,F401  pylint: disable=wrong-import-position

@@ -35,6 +35,9 @@ class ModelConfig:
     norm: "post" (the paper: x = LN(x + f(x))) or "pre" (x = x + f(LN(x)), final LN).
     posemb: registered positional encoding name; posemb_kw: its keyword arguments.
     max_len: longest sequence the model is built for (size of learned position tables).
+    random_positions: M > 0 trains with randomized positions (Ruoss et al. 2023): each training
+      sequence of k tokens gets a random sorted subset of [0, M) as its positions
+      (xformer/random_positions.py); evaluation and decoding use 0..k-1. 0: off.
     share_embeddings: one embedding table for source and target (the paper).
     tie_output: output projection = target embedding transposed (the paper).
     fused_output: the tied output projection with its backward pass written out
@@ -69,6 +72,7 @@ class ModelConfig:
   posemb: str = "sinusoidal"
   posemb_kw: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   max_len: int = 256
+  random_positions: int = 0
   share_embeddings: bool = True
   tie_output: bool = True
   fused_output: bool = True
@@ -107,9 +111,22 @@ class ModelConfig:
       raise errors.ConfigError(
           f"model.remat={self.remat!r} needs the layer loop: set model.scan_unroll=1 (got "
           f"{self.scan_unroll}); unrolled layers keep their activations anyway.")
+    self._check_random_positions()
     for name in ("dropout", "attention_dropout", "ffn_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise errors.ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}.")
+
+  def _check_random_positions(self) -> None:
+    m = self.random_positions
+    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+      raise errors.ConfigError(f"model.random_positions must be an int >= 0, got {m!r}.")
+    if m and not positional.get(self.posemb).HOOKS:
+      raise errors.ConfigError(f"model.random_positions={m} with model.posemb={self.posemb!r}, "
+                               "which reads no positions: set one of them differently.")
+    if m > self.max_len and positional.get(self.posemb).LIMITED_TO_MAX_LEN:
+      raise errors.ConfigError(
+          f"model.random_positions={m} draws positions past model.max_len={self.max_len}, the "
+          f"end of the {self.posemb!r} table: raise model.max_len to {m}.")
 
   def replace(self, **changes: Any) -> "ModelConfig":
     return dataclasses.replace(self, **changes)

@@ -1,0 +1,169 @@
+"""RoPE context extension, xPos, FIRE, KERPLE-log and randomized positions against the papers'
+formulas, written here independently in numpy (loops over dimension pairs, no shared code)."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xformer import errors, positional, random_positions, rope_scaling, variants
+from xformer.positional_recent import fire_input, kerple_log_bias, xpos_scale
+
+
+def _np_rope(x, pos, theta):
+  """Half-split RoPE of one vector x [H] at position pos with speeds theta [H/2], as complex."""
+  h = len(x) // 2
+  z = (x[:h] + 1j * x[h:]) * np.exp(1j * pos * theta)
+  return np.concatenate([z.real, z.imag])
+
+
+def _np_theta(head_dim, base):
+  return np.array([base ** (-2 * i / head_dim) for i in range(head_dim // 2)])
+
+
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn"])
+def test_rope_scaled_frequencies_match_papers(scaling):
+  h, base, s, length = 64, 10_000.0, 4.0, 128
+  theta = _np_theta(h, base)
+  if scaling == "linear":  # Chen et al. 2023: f(x, m / s).
+    want = theta / s
+  elif scaling == "ntk":  # b' = b * s^(|D| / (|D| - 2)).
+    want = _np_theta(h, base * s ** (h / (h - 2)))
+  else:  # Peng et al. 2023, eqs. 17-19 with alpha=1, beta=32.
+    want = []
+    for t in theta:
+      r = length / (2 * math.pi / t)
+      ramp = 0.0 if r < 1 else 1.0 if r > 32 else (r - 1) / 31
+      want.append((1 - ramp) * t / s + ramp * t)
+  got = rope_scaling.frequencies(h, base, scaling, s, original_len=length)
+  np.testing.assert_allclose(got, np.array(want), rtol=1e-6)
+  if scaling != "linear":  # NTK and YaRN (long wavelengths only, at L=4096) keep the fastest pair
+    fast = rope_scaling.frequencies(h, base, scaling, s, original_len=4096)[0]
+    assert fast == pytest.approx(theta[0], rel=1e-6) and got[-1] < theta[-1] / 2
+
+
+@pytest.mark.parametrize("scaling", ["none", "linear", "ntk", "yarn"])
+def test_scaled_rope_dot_products_match_numpy_and_stay_relative(scaling):
+  h, factor, length = 16, 4.0, 32
+  kw = dict(scaling=scaling, factor=1.0 if scaling == "none" else factor, original_len=length)
+  pe = positional.make("rope", kw, d_model=h * 2, num_heads=2, max_len=256)
+  rotate = pe.rotate_fn()
+  rng = np.random.default_rng(0)
+  q, k = rng.normal(size=(2, h)).astype(np.float32)
+  theta = np.asarray(rope_scaling.frequencies(h, 10_000.0, **kw))
+  mscale = 0.1 * math.log(factor) + 1 if scaling == "yarn" else 1.0
+  dots = {}
+  for m, n in [(5, 2), (105, 102), (9, 9), (200, 60)]:
+    rq = rotate(jnp.asarray(q)[None, None, None], jnp.array([[m]]), "query")[0, 0, 0]
+    rk = rotate(jnp.asarray(k)[None, None, None], jnp.array([[n]]), "key")[0, 0, 0]
+    want = mscale ** 2 * _np_rope(q, m, theta) @ _np_rope(k, n, theta)
+    dots[(m, n)] = float(rq @ rk)
+    np.testing.assert_allclose(dots[(m, n)], want, rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(dots[(5, 2)], dots[(105, 102)], rtol=2e-4, atol=2e-4)
+
+
+def test_rope_scaling_arguments_are_validated():
+  with pytest.raises(errors.ConfigError, match=r"choose one of \['none', 'linear', 'ntk', 'yarn'"):
+    variants.variant("tiny", posemb="rope", posemb_kw={"scaling": "dynamic"})
+  with pytest.raises(errors.ConfigError, match="needs original_len"):
+    variants.variant("tiny", posemb="rope", posemb_kw={"scaling": "yarn", "factor": 4.0})
+  with pytest.raises(errors.ConfigError, match="factor must be >= 1"):
+    variants.variant("tiny", posemb="rope", posemb_kw={"scaling": "linear", "factor": 0.5})
+
+
+def test_xpos_matches_paper_and_decays_with_relative_distance():
+  h, gamma, scale_base = 8, 0.4, 512.0
+  pe = positional.make("xpos", {}, d_model=16, num_heads=2, max_len=64, bidirectional=False)
+  rotate = pe.rotate_fn()
+  rng = np.random.default_rng(1)
+  q, k = rng.normal(size=(2, h)).astype(np.float32)
+  theta = _np_theta(h, 10_000.0)
+  zeta = np.array([(i / (h / 2) + gamma) / (1 + gamma) for i in range(h // 2)])
+  got = {}
+  for m, n in [(7, 3), (307, 303), (40, 0)]:
+    rq = rotate(jnp.asarray(q)[None, None, None], jnp.array([[m]]), "query")[0, 0, 0]
+    rk = rotate(jnp.asarray(k)[None, None, None], jnp.array([[n]]), "key")[0, 0, 0]
+    scale = np.tile(zeta ** ((m - n) / scale_base), 2)  # per pair, both halves
+    want = (_np_rope(q, m, theta) * scale) @ _np_rope(k, n, theta)
+    got[(m, n)] = float(rq @ rk)
+    np.testing.assert_allclose(got[(m, n)], want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got[(7, 3)], got[(307, 303)], rtol=1e-4)  # relative only
+  np.testing.assert_allclose(xpos_scale(jnp.array([512]), h), zeta[None], rtol=1e-6)
+  with pytest.raises(ValueError, match="role must be"):
+    rotate(jnp.ones((1, 1, 1, h)), jnp.zeros((1, 1), jnp.int32), "value")
+
+
+def test_xpos_encoder_is_plain_rope():
+  enc = positional.make("xpos", {}, d_model=16, num_heads=2, max_len=64, bidirectional=True)
+  x, pos = jax.random.normal(jax.random.key(0), (1, 5, 2, 8)), jnp.arange(5)[None] * 50
+  for role in ("query", "key"):
+    np.testing.assert_allclose(enc.rotate_fn()(x, pos, role), positional.apply_rope(x, pos),
+                               rtol=1e-6)
+
+
+def test_fire_input_and_bias_match_formula():
+  qp, kp = np.array([[0, 3, 700]]), np.array([[0, 1, 3, 650]])
+  c, threshold = 0.1, 512.0
+  psi = lambda x: np.log(c * x + 1)  # noqa: E731
+  want = np.zeros((1, 3, 4))
+  for a, i in enumerate(qp[0]):
+    for b, j in enumerate(kp[0]):
+      want[0, a, b] = np.sign(i - j) * psi(abs(i - j)) / psi(max(threshold, i))
+  got = fire_input(jnp.asarray(qp), jnp.asarray(kp), jnp.float32(c), jnp.float32(threshold))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+  pe = positional.make("fire", {"init_threshold": threshold}, d_model=16, num_heads=2,
+                       max_len=64, bidirectional=False)
+  params = nn.unbox(pe.init(jax.random.key(0), jnp.asarray(qp), jnp.asarray(kp),
+                            method="bias")["params"])
+  bias = pe.apply({"params": params}, jnp.asarray(qp), jnp.asarray(kp), method="bias")
+  p = jax.tree.map(np.asarray, params)
+  hidden = np.maximum(want[..., None] * p["mlp_in"]["kernel"][0] + p["mlp_in"]["bias"], 0)
+  mlp = hidden @ p["mlp_out"]["kernel"] + p["mlp_out"]["bias"]  # [1, 3, 4, N]
+  np.testing.assert_allclose(bias, mlp.transpose(0, 3, 1, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_kerple_log_matches_formula():
+  qp, kp = jnp.array([[0, 4, 9]]), jnp.array([[0, 2, 9, 30]])
+  r1, r2 = jnp.array([0.5, 1.5]), jnp.array([0.2, 0.9])
+  got = kerple_log_bias(qp, kp, r1, r2)
+  for h in range(2):
+    for a in range(3):
+      for b in range(4):
+        d = abs(int(qp[0, a]) - int(kp[0, b]))
+        assert got[0, h, a, b] == pytest.approx(-float(r1[h]) * math.log(1 + float(r2[h]) * d),
+                                                rel=1e-5)
+
+
+def test_random_positions_are_sorted_subsets_per_segment():
+  # Row 0: segments of 5 and 3 tokens, then 2 padding; row 1: one segment of 10.
+  positions = jnp.array([[0, 1, 2, 3, 4, 0, 1, 2, 0, 0], list(range(10))])
+  valid = jnp.array([[True] * 8 + [False] * 2, [True] * 10])
+  draws = jax.vmap(lambda key: random_positions.sample(key, positions, valid, 64))(
+      jax.random.split(jax.random.key(0), 2000))  # [2000, 2, 10]
+  draws = np.asarray(draws)
+  assert draws.min() >= 0 and draws.max() < 64
+  for row, segs in [(0, [(0, 5), (5, 8)]), (1, [(0, 10)])]:
+    for a, b in segs:
+      assert (np.diff(draws[:, row, a:b], axis=-1) > 0).all()  # strictly increasing
+  np.testing.assert_array_equal(draws[:, 0, 8:], 0)  # padding keeps its positions
+  # Uniform sorted k-subsets of [0, M): E[x_p] = (p + 1) (M + 1) / (k + 1) - 1.
+  for (row, a, k) in [(0, 0, 5), (0, 5, 3), (1, 0, 10)]:
+    want = [(p + 1) * 65 / (k + 1) - 1 for p in range(k)]
+    np.testing.assert_allclose(draws[:, row, a:a + k].mean(0), want, atol=1.0)
+  # Every position is drawn somewhere, and M = k leaves only 0..k-1.
+  assert len(np.unique(draws[:, 1])) == 64
+  full = random_positions.sample(jax.random.key(1), positions[1:], valid[1:], 10)
+  np.testing.assert_array_equal(full, positions[1:])
+
+
+def test_random_positions_validation():
+  with pytest.raises(errors.ConfigError, match="reads no positions"):
+    variants.variant("tiny", posemb="none", random_positions=64)
+  with pytest.raises(errors.ConfigError, match="raise model.max_len to 512"):
+    variants.variant("tiny", posemb="learned", max_len=256, random_positions=512)
+  with pytest.raises(errors.ConfigError, match="int >= 0"):
+    variants.variant("tiny", random_positions=-1)
