@@ -10,7 +10,8 @@ Stages (all by default, in order): create the TPU VM; install xformer on every h
 initialises itself on TPU pods); copy each run's metrics and tokenizer back to `--out` (for
 experiments/pe_sweep.py --collect_only); delete the VM. `--dry_run` prints the commands.
 
-Runs are resumable: each encoding trains in `<workdir_root>/<encoding>` (a gs:// bucket, so it
+Runs are resumable: each encoding trains in `<workdir_root>/<encoding>/seed<seed>` (pe_sweep's
+layout; a gs:// bucket, so it
 outlives the VM), and `xformer.main` resumes from the newest checkpoint there. After a
 preemption, rerun the same command (or `--stages=create,setup,train,collect,delete`): finished
 encodings return at once, the interrupted one continues.
@@ -62,14 +63,15 @@ def build_commands(args) -> list[tuple[str, list[str]]]:
   for enc in args.encodings.split(","):
     flags = pe_sweep.run_flags(args, enc) if args.sweep else [f"--config={args.config}"] + [
         f"--config.{item}" for item in args.set]
-    workdir = f"{args.workdir_root.rstrip('/')}/{enc if args.sweep else 'run'}"
+    rel = f"{enc}/seed{args.seed}" if args.sweep else "run"  # pe_sweep's layout
+    workdir = f"{args.workdir_root.rstrip('/')}/{rel}"
     run = "cd xformer && python3 -m xformer.main " + " ".join(
         shlex.quote(f) for f in [*flags, f"--workdir={workdir}"])
     cmds.append(("train", _ssh(args, run)))
-    local = os.path.join(args.out, enc if args.sweep else "run")
-    cmds.append(("collect", ["gcloud", "storage", "cp", "-r", f"{workdir}/metrics.jsonl",
-                             f"{workdir}/tokenizer.model", f"{workdir}/tokenizer.json",
-                             local + "/"]))
+    # The whole run directory (config, metrics, tokenizer, checkpoints): what
+    # `pe_sweep --collect_only` and `xformer.load` read.
+    local = os.path.dirname(os.path.join(args.out, rel))
+    cmds.append(("collect", ["gcloud", "storage", "cp", "-r", workdir, local + "/"]))
   cmds.append(("delete", ["gcloud", "compute", "tpus", "tpu-vm", "delete", args.tpu,
                           f"--zone={args.zone}", *project, "--quiet"]))
   return [(stage, [a for a in argv if a is not None]) for stage, argv in cmds
