@@ -58,7 +58,7 @@ def build_commands(args) -> list[tuple[str, list[str]]]:
                           f"--version={runtime}"] + (["--spot"] if args.spot else [])))
   setup = (f"set -e; test -d xformer || git clone {shlex.quote(args.repo)} xformer; "
            f"cd xformer && git fetch --all --quiet && git checkout --quiet "
-           f"{shlex.quote(args.commit)} && python3 -m pip install --quiet -e '.[tpu]' gcsfs")
+           f"{shlex.quote(args.commit)} && python3 -m pip install --quiet -e '.[tpu]'")
   cmds.append(("setup", _ssh(args, setup)))
   for enc in args.encodings.split(","):
     flags = pe_sweep.run_flags(args, enc) if args.sweep else [f"--config={args.config}"] + [

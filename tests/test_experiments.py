@@ -32,8 +32,7 @@ def test_launcher_dry_run_prints_the_commands_a_user_would_paste(capsys):
       "--accelerator-type=v4-8 --version=tpu-ubuntu2204-base --spot",
       ssh + "'--command=set -e; test -d xformer || git clone "
       "https://github.com/me/xformer.git xformer; cd xformer && git fetch --all --quiet && "
-      "git checkout --quiet abc123 && python3 -m pip install --quiet -e '\"'\"'.[tpu]'\"'\"' "
-      "gcsfs'",
+      "git checkout --quiet abc123 && python3 -m pip install --quiet -e '\"'\"'.[tpu]'\"'\"''",
       ssh + "'--command=cd xformer && python3 -m xformer.main "
       "--config=configs/lm_default.py --config.model.posemb=rope --config.num_train_steps=2000 "
       "--config.seed=0 --workdir=gs://bkt/sweep/rope/seed0'",
