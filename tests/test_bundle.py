@@ -1,9 +1,11 @@
 """xformer.load: a checkpoint sharded over 8 devices loads on 1 with identical outputs; score
 agrees with the training loss; averaging; the CLIs; the notebook runs headless."""
 
+import json
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -163,3 +165,20 @@ def test_notebook_runs_headless(sharded_run, monkeypatch):
 def test_bad_paths_say_what_is_wrong(tmp_path):
   with pytest.raises(errors.UserError, match="neither a run directory"):
     bundle.load(str(tmp_path))
+
+
+def test_a_run_records_its_versions_and_load_warns_when_they_differ(sharded_run, monkeypatch):
+  from etils import epath  # noqa: PLC0415
+  from xformer import provenance  # noqa: PLC0415
+  starts = [json.loads(line) for line in
+            (epath.Path(sharded_run) / "environment.jsonl").read_text().splitlines()]
+  assert starts[0]["packages"]["jax"] == jax.__version__
+  assert starts[0]["xformer_commit"] == provenance.git_commit()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # Same process, same versions: no warning.
+    xformer.load(sharded_run)
+  other = {**starts[0], "packages": {**starts[0]["packages"], "jax": "0.4.1"}}
+  assert provenance.differences(other) == [f"jax 0.4.1 -> {jax.__version__}"]
+  monkeypatch.setattr(provenance, "current", lambda: other)  # A notebook with another jax.
+  with pytest.warns(UserWarning, match=f"jax {jax.__version__} -> 0.4.1"):
+    xformer.load(sharded_run)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from xformer import average, metric_writer, steps, train
+from xformer import average, config_lib, errors, metric_writer, steps, train
 from xformer.checkpoint import Checkpointer
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -241,3 +241,16 @@ def test_chunked_loss_equals_the_full_loss_and_gradients(small_files):
     np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
                jax.device_get(sa.params), jax.device_get(sb.params))
+
+
+def test_profile_steps_write_a_trace_and_input_wait_is_logged(small_files, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(small_config(small_files, num_train_steps=4, profile_steps="2,2"),
+                           workdir)
+  traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
+  assert traces and traces[0].stat().st_size > 0  # TensorBoard's profile plugin reads these.
+  logged = [m for m in metric_writer.read_metrics(workdir) if "train/loss" in m]
+  assert len(logged) == 4
+  assert all(0.0 <= m["train/input_wait_fraction"] <= 1.0 for m in logged)
+  with pytest.raises(errors.ConfigError, match="START,COUNT"):
+    config_lib.validate(small_config(small_files, profile_steps="5"))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from xformer import config_lib, decode, errors, record, sharding
+from xformer import config_lib, decode, errors, provenance, record, sharding
 from xformer import run as run_lib
 from xformer.checkpoint import Checkpointer, average_params
 from xformer.data import pipeline
@@ -186,7 +186,9 @@ def load_run(path: str, step: int | None = None, devices: Sequence[Any] | None =
   step = steps[-1] if step is None else step
   if step not in steps:
     raise errors.UserError(f"No checkpoint {step} in {ckpt_dir}; it has steps {steps}.")
-  config = record.from_saved(ckpt.restore_config(step))
+  saved = ckpt.restore_config(step)
+  provenance.warn_if_different(record.environment(saved), f"The run in {workdir}")
+  config = record.from_saved(saved)
   tok_path = epath.Path(workdir) / "tokenizer.model"
   if not tok_path.exists():
     raise errors.UserError(f"{tok_path} is missing: the run's tokenizer is needed to read and "

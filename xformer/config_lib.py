@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from xformer import decode, errors, optim, positional, splash, tasks, variants
+from xformer import decode, errors, optim, positional, profiling, splash, tasks, variants
 from xformer.data import datasets, pipeline, text_files, tokenizer
 
 VERSION = 2  # Of the config layout; 1: model.posemb_kw flat, sizes explicit (before Tasks).
@@ -128,6 +128,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
   c.async_checkpoints = True
+  c.profile_steps = ""  # "START,COUNT": a jax.profiler trace into <workdir>/profile.
   c.stop_check_every_steps = 10  # Multi-process: agree on a SIGTERM every this many steps.
   c.init_from = ""  # Another run's workdir: start from its latest parameters.
   c.restore_step = -1  # Resume from this step instead of the latest (-1).
@@ -176,6 +177,7 @@ def validate(config: ml_collections.ConfigDict) -> variants.ModelConfig:
   errors.check_choice("optimizer.schedule", config.optimizer.schedule, optim.SCHEDULES)
   errors.check_choice("nan_policy", config.nan_policy, NAN_POLICIES)
   errors.check_choice("tokenizer.model_type", config.tokenizer.model_type, tokenizer.MODEL_TYPES)
+  profiling.parse(config.profile_steps)
   cfg = model_config(config, config.tokenizer.vocab_size)
   task.check(cfg)
   _check_lengths(config, task, cfg)

@@ -16,10 +16,12 @@ from typing import Any
 
 import ml_collections
 
-from xformer import config_lib, errors, positional, tasks
+from xformer import config_lib, errors, positional, provenance, tasks
 
 _REGISTERED_BY = "registered_by"  # Saved-config key: {"posemb": module, "task": module}.
-EXTRA_KEYS = (_REGISTERED_BY, "averaged_steps")  # Saved keys that are not config fields.
+_ENVIRONMENT = "environment"  # Saved-config key: provenance.current() of the saving process.
+# Saved keys that are not config fields.
+EXTRA_KEYS = (_REGISTERED_BY, "averaged_steps", _ENVIRONMENT)
 
 
 def to_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -28,7 +30,13 @@ def to_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
   modules = {"posemb": positional.get(config.model.posemb).__module__,
              "task": type(tasks.get(config.task)).__module__}
   saved[_REGISTERED_BY] = {k: m for k, m in modules.items() if not m.startswith("xformer.")}
+  saved[_ENVIRONMENT] = provenance.current()
   return saved
+
+
+def environment(saved: dict[str, Any]) -> dict[str, Any] | None:
+  """The versions and commit a saved config was written with (None before they were kept)."""
+  return saved.get(_ENVIRONMENT)
 
 
 def import_registrants(saved: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from xformer import config_lib, decode, errors, evaluate, preemption, record, sharding, tasks
+from xformer import (config_lib, decode, errors, evaluate, preemption, profiling, provenance,
+                     record, sharding, tasks)
 from xformer.checkpoint import Checkpointer, CorruptCheckpointError
 from xformer.data import pipeline
 from xformer.data.inputs import Inputs
@@ -43,6 +44,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if _finished(config, ckpt, workdir):
     return {}
   run, inputs = build(config, workdir, model_config, mesh)
+  if jax.process_index() == 0:
+    provenance.write(workdir)  # Versions and commit of this start: environment.jsonl.
   log_line(describe(run, inputs))
   train_iter, overlong = inputs.train_iterator()
   state = _restore_or_init(run, ckpt, train_iter)
@@ -51,13 +54,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = MetricWriter(workdir)
   checks = HostChecks(config, writer, ckpt, overlong, Progress(config.num_train_steps, first))
   stop = preemption.StopSignal(every=config.stop_check_every_steps)
+  profiler = profiling.StepProfiler(config.profile_steps, workdir)
   rng = jax.random.key(config.seed + 1)
   log_line(f"Training steps {first}..{config.num_train_steps} in {workdir}")
   try:
     for step in range(first + 1, config.num_train_steps + 1):
+      profiler.before(step)
+      waited = time.perf_counter()
       host_batch = next(train_iter)
+      checks.input_seconds += time.perf_counter() - waited
       state, metrics = run.p_train_step(state, run.put_batch(host_batch, local=True), rng)
       checks.push(step, metrics, batch_crc(host_batch))  # Checks step - 1 (device runs ahead).
+      profiler.after(step, state)
       at_save = step % config.checkpoint_every_steps == 0
       at_eval = step % config.eval_every_steps == 0 and step < config.num_train_steps
       stopping = stop.should_stop(step)
@@ -112,6 +120,9 @@ class HostChecks:
     self.pending: tuple[int, Any, int] | None = None
     self.skips_in_a_row = self.skips_total = 0
     self.tokens = 0.0
+    # Host seconds spent waiting for the next batch since the last log line: reported as the
+    # fraction of wall time the step loop waited on input (`train/input_wait_fraction`).
+    self.input_seconds, self.last_log = 0.0, time.time()
 
   def push(self, step: int, metrics: dict[str, Any], crc: int) -> None:
     self.flush()
@@ -137,10 +148,13 @@ class HostChecks:
     self.tokens += float(metrics["train/tokens"])
     if step % config.log_every_steps == 0 or step == config.num_train_steps:
       data = {f"data/{k}": v for k, v in self.overlong.summary().items()}
+      now = time.time()
+      waiting = min(self.input_seconds / max(now - self.last_log, 1e-9), 1.0)
       self.writer.write(step, {**metrics, **data, "data/batch_crc32": crc,
-                               "train/skipped_total": self.skips_total})
-      log_line(self.progress.line(step, loss, self.tokens))
-      self.tokens = 0.0
+                               "train/skipped_total": self.skips_total,
+                               "train/input_wait_fraction": waiting})
+      log_line(f"{self.progress.line(step, loss, self.tokens)} | input wait {waiting:.0%}")
+      self.tokens, self.input_seconds, self.last_log = 0.0, 0.0, now
 
   def _count_skip(self, step: int, skipped: bool) -> None:
     self.skips_in_a_row = self.skips_in_a_row + 1 if skipped else 0
