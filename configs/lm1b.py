@@ -17,6 +17,7 @@ def get_config(arg=None):
   c.data.eval_split = "test"  # lm1b has train and test only (its held-out set).
   c.data.max_target_len = 256
   c.data.pretokenize = False
+  c.data.token_cache = True  # 30M sentences: tokenized once, memory-mapped.
   c.data.overlong = "truncate"
   c.tokenizer.vocab_size = 32_000
   c.tokenizer.sample_size = 5_000_000

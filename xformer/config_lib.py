@@ -108,6 +108,10 @@ def common(task: str) -> ml_collections.ConfigDict:
       data_dir="", download=True, raw_dir="", files="", source_lang="en", target_lang="de",
       on_bad_line="skip", max_chars=10_000, max_source_len=64, max_target_len=64, pack=True,
       overlong="drop", pretokenize=True, eval_split="validation", test_split="test",
+      # token_cache: tokenize each split once into a memory-mapped cache on local disk
+      # (xformer/data/token_cache.py; under token_cache_dir, default ~/.cache/xformer/tokens)
+      # instead of pretokenize's in-memory lists or tokenizing on the fly.
+      token_cache=False, token_cache_dir="",
       # Logical data shards (0: one per process). Fix it to the largest process count you will
       # use and every topology trains on the same batch sequence.
       num_shards=0))

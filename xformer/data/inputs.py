@@ -58,12 +58,21 @@ class Inputs:
   def target_lang(self) -> str:
     return self.config.data.target_lang
 
-  def encoded(self, split: str) -> pipeline.EncodedSource:
-    """Token ids of a split (tokenized once when data.pretokenize)."""
-    if split not in self._encoded:
+  def encoded(self, split: str) -> pipeline.EncodedSource | token_cache.TokenCache:
+    """Token ids of a split: from the token cache (data.token_cache), tokenized once into
+    memory (data.pretokenize), or tokenized on each access."""
+    data = self.config.data
+    if split not in self._encoded and data.token_cache:
+      root = os.path.expanduser(data.token_cache_dir or token_cache.DEFAULT_ROOT)
+      path = os.path.join(root, token_cache.key(self.dataset.fingerprint,
+                                                self.tokenizer.model_proto, split))
+      if not os.path.exists(os.path.join(path, "meta.json")):
+        log_line(f"Tokenizing {self.dataset.name}/{split} once into {path} (data.token_cache).")
+      token_cache.build(self.dataset.split(split), self.tokenizer, self.dataset.keys, path)
+      self._encoded[split] = token_cache.TokenCache(path)
+    elif split not in self._encoded:
       self._encoded[split] = pipeline.EncodedSource(
-          self.dataset.split(split), self.tokenizer, self.dataset.keys,
-          eager=self.config.data.pretokenize)
+          self.dataset.split(split), self.tokenizer, self.dataset.keys, eager=data.pretokenize)
     return self._encoded[split]
 
   def train_iterator(self) -> tuple[pipeline.ShardedBatches, pipeline.OverlongCounter]:
