@@ -16,7 +16,8 @@ import numpy as np
 
 from xformer import errors
 from xformer.metric_writer import log_line
-from xformer.data import datasets, pipeline, tokenizer as tokenizer_lib
+from xformer.data import datasets, pipeline, token_cache
+from xformer.data import tokenizer as tokenizer_lib
 
 
 def tokenizer_for(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
