@@ -49,7 +49,7 @@ def make_data(root: str, pairs: int) -> dict:
   files = {"train": [path], "validation": [path], "test": [path]}
   return {"dataset": "parallel_files", "files": json.dumps(files),
           "data_dir": os.path.join(root, "tfds"), "source_lang": "en", "target_lang": "de",
-          "bad_lines": "skip", "max_chars": 10_000}
+          "on_bad_line": "skip", "max_chars": 10_000}
 
 
 def make_iterator(source, task) -> object:
