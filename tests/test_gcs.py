@@ -4,12 +4,13 @@ Every library is pointed at it through its documented endpoint setting, in the e
 the commands under test: gcsfs (etils.epath's gs:// without TensorFlow: metrics, tokenizer,
 config, averaging) and google-cloud-storage (tensorboardX) read STORAGE_EMULATOR_HOST;
 tensorstore (orbax's checkpoint arrays) reads TENSORSTORE_GCS_HTTP_URL and, for its auth,
-GOOGLE_AUTH_TOKEN_FOR_TESTING. One gap of the emulator is filled here: real Cloud Storage
+GOOGLE_AUTH_TOKEN_FOR_TESTING. The dataset's data_dir is gs:// too: array_record cannot open
+gs:// files without TensorFlow, so xformer prepares it in a local mirror and pushes it to the
+bucket (xformer/data/mirror.py); the resumed run, on a "host" with another home directory,
+pulls it from there. One gap of the emulator is filled here: real Cloud Storage
 answers a download with the object's generation (header x-goog-generation), which tensorstore's
 OCDBT layer (orbax's default format) needs and gcp-storage-emulator does not send ("Malformed
-StorageGeneration" otherwise); `_with_generation` adds it. The dataset stays local: array_record writes through its own
-C++ file layer, which has no gs:// support without TensorFlow (the launcher's shared data_dir
-is prepared where TensorFlow's gfile is available, see experiments/launch_tpu.py).
+StorageGeneration" otherwise); `_with_generation` adds it.
 The checks read the bucket with google-cloud-storage, not with the code under test.
 """
 
@@ -76,7 +77,7 @@ def _run(env, *args, timeout=600):
 def _flags(small_files, steps):
   return ["--config=configs/default.py", "--config.data.dataset=parallel_files",
           f"--config.data.files={small_files['files']}",
-          f"--config.data.data_dir={small_files['data_dir']}",
+          "--config.data.data_dir=gs://bkt/tfds",
           "--config.tokenizer.cache_dir=gs://bkt/tokenizers",
           "--config.data.max_source_len=32", "--config.data.max_target_len=32",
           "--config.tokenizer.vocab_size=400", "--config.model.d_model=32",
@@ -89,7 +90,7 @@ def _flags(small_files, steps):
           "--config.num_samples_to_print=0", "--config.keep_checkpoints=5"]
 
 
-def test_train_resume_average_and_load_on_gcs(gcs, small_files):
+def test_train_resume_average_and_load_on_gcs(gcs, small_files, tmp_path):
   env, bucket = gcs
   workdir = "gs://bkt/runs/tiny"
   first = _run(env, "-m", "xformer.main", *_flags(small_files, 4), f"--workdir={workdir}")
@@ -100,8 +101,13 @@ def test_train_resume_average_and_load_on_gcs(gcs, small_files):
   assert any(n.startswith("runs/tiny/tensorboard/") for n in names), sorted(names)
   assert any(b.name.endswith(".model") for b in bucket.list_blobs(prefix="tokenizers/"))
 
-  second = _run(env, "-m", "xformer.main", *_flags(small_files, 6), f"--workdir={workdir}")
+  assert any(b.name.endswith("/dataset_info.json") for b in bucket.list_blobs(prefix="tfds/"))
+  other_host = {**env, "HOME": str(tmp_path / "other_home")}  # No local mirror there yet.
+  second = _run(other_host, "-m", "xformer.main", *_flags(small_files, 6),
+                f"--workdir={workdir}")
   assert "Training steps 4..6" in second and "Training the tokenizer" not in second
+  assert "Copying dataset gs://bkt/tfds/" in second and "Preparing dataset" not in second
+  assert list((tmp_path / "other_home").rglob("dataset_info.json"))
   metrics = [json.loads(line) for line in
              bucket.blob("runs/tiny/metrics.jsonl").download_as_text().splitlines()]
   assert [m["step"] for m in metrics if "train/loss" in m] == [1, 2, 3, 4, 5, 6]

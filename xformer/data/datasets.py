@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from xformer import errors, registry
-from xformer.data import builders, downloads, synthetic
+from xformer.data import builders, downloads, mirror, synthetic
 
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 
@@ -106,6 +106,18 @@ show_progress = False  # TFDS progress bars while preparing (xformer.data.prepar
 def _prepared(builder: tfds.core.DatasetBuilder, cfg, hint: str) -> None:
   if (epath.Path(builder.data_dir) / "dataset_info.json").exists():
     return
+  remote = data_root(cfg)
+  if "://" in remote:  # A local mirror of a bucket (xformer/data/mirror.py).
+    remote = f"{remote.rstrip('/')}/{os.path.relpath(builder.data_dir, data_dir(cfg))}"
+    if mirror.pull(remote, str(builder.data_dir)):
+      builder.info.read_from_directory(builder.data_dir)  # Built before the files were there.
+      return
+  _prepare(builder, cfg, hint)
+  if "://" in remote:
+    mirror.push(str(builder.data_dir), remote)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, cfg, hint: str) -> None:
   if not cfg.get("download", True):
     raise DataUnavailableError(f"Dataset {builder.name} is not prepared in {builder.data_dir} "
                                f"and data.download=False. {hint}")
@@ -137,10 +149,16 @@ def _from_builder(builder: tfds.core.DatasetBuilder, kind: str, keys: tuple[str,
                  pretokenized=pretokenized)
 
 
-def data_dir(cfg) -> str:
+def data_root(cfg) -> str:
   """data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (local or gs://)."""
   path = cfg.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR
   return path if "://" in path else os.path.expanduser(path)
+
+
+def data_dir(cfg) -> str:
+  """Where the builders read and write: data_root, or for a gs:// root its local mirror."""
+  root = data_root(cfg)
+  return mirror.local_root(root) if "://" in root else root
 
 
 @dataclasses.dataclass(frozen=True)

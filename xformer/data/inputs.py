@@ -25,7 +25,7 @@ def tokenizer_for(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
   """The run's tokenizer: the workdir's, the cache's, or trained now (see `.origin`)."""
   settings = tokenizer_lib.TokenizerSettings(**{
       k: v for k, v in config.tokenizer.to_dict().items() if k != "cache_dir"})
-  cache_dir = config.tokenizer.cache_dir or os.path.join(datasets.data_dir(config.data),
+  cache_dir = config.tokenizer.cache_dir or os.path.join(datasets.data_root(config.data),
                                                          "xformer_tokenizers")
   return tokenizer_lib.get_or_train(lambda n: dataset.sample_texts("train", n),
                                     dataset.fingerprint, settings, cache_dir, workdir, log_line)
@@ -43,7 +43,7 @@ class Inputs:
   def __init__(self, config: ml_collections.ConfigDict, task, workdir: str | None):
     self.config, self.task = config, task
     start = time.time()
-    self.dataset_dir = datasets.data_dir(config.data)
+    self.dataset_dir = datasets.data_root(config.data)
     self.dataset = datasets.load(config.data)
     dataset_s = time.time() - start
     if self.dataset.kind != task.data_kind:
