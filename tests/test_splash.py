@@ -75,7 +75,7 @@ def test_explicit_splash_that_cannot_apply_fails_validation():
     config_lib.validate(config)
 
 
-@pytest.mark.parametrize("posemb", ["rope", "sinusoidal", "learned"])
+@pytest.mark.parametrize("posemb", ["rope", "sinusoidal", "learned", "xpos"])
 def test_models_with_splash_equal_xla_sharded_over_8_devices(posemb):
   """Packed translation rows through the whole model, as training runs it: logits and gradients
   of splash (per shard: rows over data, heads over tensor) equal XLA attention's."""
