@@ -154,3 +154,21 @@ def test_wmt_base_compiles_for_h100x8_with_cudnn_attention():
   report = compile_lib.compile_config(config, "h100x8", steps=("train",))
   assert report["fits"] and report["est_step_s"] is None
   assert any("cudnn" in c for c in report["steps"]["train"]["kernels"])
+
+
+def test_estimate_counts_every_loss_chunk():
+  """loss_chunk projects to the vocabulary in a loop of T / chunk trips: the estimate counts
+  them all (a large vocabulary, so the projection is most of the step)."""
+  wide = SMALL + ["tokenizer.vocab_size=32000", "model.scan_unroll=2"]
+  whole = compile_lib.compile_config(
+      config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, wide), "v5p-8", steps=("train",))
+  chunked = compile_lib.compile_config(
+      config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, wide + ["loss_chunk=32"]),
+      "v5p-8", steps=("train",))
+  assert chunked["estimated_from"].startswith("unrolled")
+  raw = chunked["steps"]["train"]["flops"] * chunked["devices"]
+  assert raw < 0.6 * whole["flops_per_step"]  # The loop counted once: what misled.
+  # Each chunk's logits are recomputed in the backward pass (jax.checkpoint): one more forward
+  # projection, 2 x B x T x D x V.
+  recompute = 2 * 16 * 128 * 64 * 32000
+  assert abs(chunked["flops_per_step"] / (whole["flops_per_step"] + recompute) - 1) < 0.05

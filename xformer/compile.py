@@ -143,13 +143,14 @@ def kernel_calls(hlo_text: str) -> list[tuple[str, bool]]:
 
 
 def _unrolled(run: Run) -> Run:
-  """The same run with its layer stacks unrolled, so the cost model sees every layer. Bypasses
+  """The same run with its layer stacks (and loss chunks) unrolled, so the cost model sees every
+  layer and chunk. Bypasses
   ModelConfig's remat check on purpose: recomputation must be priced too, and this compile is
   never executed."""
   cfg = copy.copy(run.model_config)
   depth = max(cfg.num_encoder_layers, cfg.num_decoder_layers)
   object.__setattr__(cfg, "scan_unroll", depth)
-  return Run(run.config, cfg, run.mesh)
+  return Run(run.config, cfg, run.mesh, unroll_loss_chunks=True)
 
 
 def compile_config(config: ml_collections.ConfigDict, target_name: str, *,
@@ -223,7 +224,8 @@ def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
          "est_step_s": None, "est_tokens_per_s": None, "est_mfu": None, "estimated_from": None}
   if target.platform != "tpu" or not estimate:
     return out  # GPU: XLA's cost analysis has no time model.
-  loops = cfg.scan_unroll < max(cfg.num_encoder_layers, cfg.num_decoder_layers)
+  loops = (cfg.scan_unroll < max(cfg.num_encoder_layers, cfg.num_decoder_layers)
+           or config.loss_chunk > 0)
   if loops:
     fn, args = step_and_args(_unrolled(run), "train")
     compiled = fn.lower(*args).compile()

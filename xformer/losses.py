@@ -119,7 +119,7 @@ LossFn = Callable[[Array, Array, Array, float], Sums]
 
 
 def chunked(loss: LossFn, hidden: Array, project: Callable[[Array], Array], targets: Array,
-            weights: Array, label_smoothing: float, chunk: int) -> Sums:
+            weights: Array, label_smoothing: float, chunk: int, unroll: bool = False) -> Sums:
   """`loss(project(hidden), ...)` without the [B, T, V] logits: the sequence is cut into chunks
   of `chunk` positions, each projected, scored and summed under `jax.checkpoint`, so the
   backward pass recomputes one chunk's logits at a time instead of keeping all of them.
@@ -128,6 +128,8 @@ def chunked(loss: LossFn, hidden: Array, project: Callable[[Array], Array], targ
     loss: `cross_entropy` or `fused_cross_entropy`.
     hidden: [B, T, D] final decoder states; T must be a multiple of chunk.
     project: hidden [B, c, D] -> logits [B, c, V] float32 (the model's output layer).
+    unroll: no loop over the chunks (for a cost model that counts a loop body once; not for
+      running: unrolled, XLA may keep every chunk's logits anyway).
   """
   b, t, _ = hidden.shape
   if t % chunk:
@@ -142,5 +144,6 @@ def chunked(loss: LossFn, hidden: Array, project: Callable[[Array], Array], targ
     return jax.tree.map(jnp.add, carry, sums), None
 
   zeros = {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}
-  sums, _ = jax.lax.scan(one, zeros, (split(hidden), split(targets), split(weights)))
+  sums, _ = jax.lax.scan(one, zeros, (split(hidden), split(targets), split(weights)),
+                         unroll=n if unroll else 1)
   return sums

@@ -34,7 +34,8 @@ class Run:
     p_train_step / p_eval_step: the jitted steps (see steps.py).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig, mesh: Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig, mesh: Mesh,
+               unroll_loss_chunks: bool = False):
     self.task = tasks.get(config.task)
     impl, why = splash.choose(model_config.attention_impl, model_config.posemb,
                               self.task.row_lengths(config.data), mesh.devices.flat[0].platform)
@@ -57,7 +58,8 @@ class Run:
     self.batch_sharding = sharding.batch_sharding(mesh)
     loss_fn = functools.partial(
         steps.loss_sums, task=self.task, model=self.model,
-        label_smoothing=config.label_smoothing, fused=config.fused_loss, chunk=config.loss_chunk)
+        label_smoothing=config.label_smoothing, fused=config.fused_loss, chunk=config.loss_chunk,
+        unroll_chunks=unroll_loss_chunks)
     train_loss = faults.drill(loss_fn, faults.Faults(**config.faults.to_dict()))
     self.p_train_step = InMesh(mesh, jax.jit(
         functools.partial(steps.train_step, loss_fn=train_loss, tx=self.tx,

@@ -29,7 +29,7 @@ class TrainState:
 
 def loss_sums(params: Any, batch: dict[str, Array], rng: Array | None, step: Array | None, *,
               task, model, label_smoothing: float, fused: bool = True,
-              chunk: int = 0) -> losses.Sums:
+              chunk: int = 0, unroll_chunks: bool = False) -> losses.Sums:
   """The label-smoothed loss sums of a batch under `task`'s model call and loss inputs.
 
   Args:
@@ -37,7 +37,7 @@ def loss_sums(params: Any, batch: dict[str, Array], rng: Array | None, step: Arr
     step: the step being computed (unused here; a `LossFn` may depend on it, as drills do).
     fused: `losses.fused_cross_entropy` (written-out gradient) instead of `cross_entropy`.
     chunk: > 0 projects to the vocabulary `chunk` target positions at a time, never holding the
-      whole [B, T, V] logits (`losses.chunked`).
+      whole [B, T, V] logits (`losses.chunked`); unroll_chunks: without a loop (cost model).
   """
   del step
   loss = losses.fused_cross_entropy if fused else losses.cross_entropy
@@ -46,7 +46,8 @@ def loss_sums(params: Any, batch: dict[str, Array], rng: Array | None, step: Arr
   if chunk:
     hidden = task.apply(model, params, batch, return_hidden=True, **kw)  # [B, T, D]
     project = lambda h: model.apply({"params": params}, h, method="project")  # noqa: E731
-    return losses.chunked(loss, hidden, project, targets, weights, label_smoothing, chunk)
+    return losses.chunked(loss, hidden, project, targets, weights, label_smoothing, chunk,
+                          unroll=unroll_chunks)
   return loss(task.apply(model, params, batch, **kw), targets, weights, label_smoothing)
 
 
