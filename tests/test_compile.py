@@ -172,3 +172,18 @@ def test_estimate_counts_every_loss_chunk():
   # projection, 2 x B x T x D x V.
   recompute = 2 * 16 * 128 * 64 * 32000
   assert abs(chunked["flops_per_step"] / (whole["flops_per_step"] + recompute) - 1) < 0.05
+
+
+def test_a_remat_step_gets_an_estimate():
+  """The cost-model compile unrolls the layers of a remat config too (remat is refused on
+  unrolled layers for running, not for pricing), and recomputation costs FLOPs."""
+  base = SMALL + ["model.variant=small", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
+                  "model.num_decoder_layers=4", "model.scan_unroll=1"]  # Layers dominate.
+  plain = compile_lib.compile_config(
+      config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, base), "v5p-8", steps=("train",))
+  remat = compile_lib.compile_config(
+      config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, base + ["model.remat=full"]),
+      "v5p-8", steps=("train",))
+  assert remat["est_step_s"] > 0 and remat["estimated_from"].startswith("unrolled")
+  assert remat["flops_per_step"] > 1.15 * plain["flops_per_step"]  # The forward pass, again.
+  assert remat["steps"]["train"]["temporaries_gib"] < plain["steps"]["train"]["temporaries_gib"]

@@ -139,7 +139,10 @@ class DecoderLayer(nn.Module):
 def _stack(layer_cls: type[nn.Module], cfg: ModelConfig, num_layers: int, num_args: int):
   """`layer_cls` rematerialised per cfg.remat and scanned `num_layers` times."""
   if cfg.remat != "none":
-    layer_cls = nn.remat(layer_cls, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
+    # In a loop XLA cannot merge the recomputation into the forward pass; unrolled (only the
+    # compile tool's cost-model compile does that with remat) it needs jax's barrier.
+    layer_cls = nn.remat(layer_cls, prevent_cse=cfg.scan_unroll > 1,
+                         policy=_REMAT_POLICIES[cfg.remat])
   return nn.scan(
       layer_cls,
       variable_axes={"params": 0, "cache": 0, "intermediates": 0},

@@ -40,7 +40,8 @@ class Run:
     impl, why = splash.choose(model_config.attention_impl, model_config.posemb,
                               self.task.row_lengths(config.data), mesh.devices.flat[0].platform)
     self.attention = f"{impl} ({why})"  # "auto" resolved for these devices; logged at start.
-    model_config = model_config.replace(attention_impl=impl)
+    if impl != model_config.attention_impl:  # (No re-validation otherwise: see compile.py.)
+      model_config = model_config.replace(attention_impl=impl)
     self.config, self.model_config, self.mesh = config, model_config, mesh
     self.model = self.task.build_model(model_config)
     d_model = model_config.d_model
