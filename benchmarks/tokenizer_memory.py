@@ -6,7 +6,7 @@ Writes a `--lines` line file of synthetic prose (about 20 words a line), prepare
 user-files LM dataset (array_record, streamed line by line), then trains the tokenizer the way a
 run does (`Dataset.sample_texts` draws a seeded sample reading only the sampled records, then
 sentencepiece trains on it) in a fresh process per sample size, and reports each process's
-peak RSS (ru_maxrss) and wall time, beside a baseline process that only imports and opens the
+peak RSS (VmHWM) and wall time, beside a baseline process that only imports and opens the
 dataset. Memory should follow the sample size, not the file.
 """
 
@@ -23,7 +23,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {repo!r})
 from xformer.data import datasets, tokenizer
 ds = datasets.load(json.loads({cfg!r}))
@@ -33,8 +33,10 @@ if size:
   texts = ds.sample_texts("train", size)
   tokenizer.train(texts, tokenizer.TokenizerSettings(vocab_size=8000, model_type="bpe",
                                                      sample_size=size))
-print(json.dumps({{"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": time.time() - start}}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child started by a
+# big parent would report the parent's peak.
+hwm = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({{"rss_mib": hwm, "seconds": time.time() - start}}))
 """
 
 
