@@ -282,3 +282,23 @@ def test_tied_logits_and_gradients_equal_the_einsum(dtype):
   for g, w, like in zip(got_vjp(cot), want_vjp(cot), (x, table)):
     assert g.dtype == like.dtype and g.shape == like.shape
     np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bfloat16_logits_stay_close_and_the_loss_is_float32(fused):
+  """model.logits_dtype=bfloat16: logits rounded to bf16 (relative error <= 2^-8 of each), the
+  loss computed from them in float32 within 1e-2 of the float32-logits loss."""
+  from xformer import losses  # pylint: disable=import-outside-toplevel
+  cfg = _cfg("rope").replace(fused_output=fused)
+  f32, b16 = model_lib.Transformer(cfg), model_lib.Transformer(cfg.replace(logits_dtype="bfloat16"))
+  params = model_lib.init_params(f32, jax.random.key(0))
+  src, tgt = _tokens(1, (4, 9)), _tokens(2, (4, 7))
+  want = f32.apply({"params": params}, src, tgt)
+  got = b16.apply({"params": params}, src, tgt)
+  assert got.dtype == jnp.bfloat16 and want.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2**-8, atol=1e-6)
+  weights = jnp.ones(tgt.shape)
+  for loss in (losses.cross_entropy, losses.fused_cross_entropy):
+    a, b = loss(want, tgt, weights, 0.1), loss(got, tgt, weights, 0.1)
+    assert b["loss"].dtype == jnp.float32
+    np.testing.assert_allclose(b["loss"] / b["weight"], a["loss"] / a["weight"], rtol=1e-2)

@@ -57,8 +57,9 @@ def matmul_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None
   return out.reshape(*lhs.shape[:lhs.ndim - k], *rhs.shape[k:])
 
 
-def tied_logits(x: Array, table: Array, fused: bool = False) -> Array:
-  """Logits against a tied embedding table: x [..., D] @ table[V, D]^T -> [..., V] float32.
+def tied_logits(x: Array, table: Array, fused: bool = False, out_dtype: Any = jnp.float32
+                ) -> Array:
+  """Logits against a tied embedding table: x [..., D] @ table[V, D]^T -> [..., V] out_dtype.
 
   Computed in x's dtype with float32 accumulation. `fused=True` runs the same product with its
   backward pass written out as 2-D GEMMs: d_x = d_logits @ table and d_table = (x^T @
@@ -69,8 +70,8 @@ def tied_logits(x: Array, table: Array, fused: bool = False) -> Array:
   """
   table = table.astype(x.dtype)
   if fused:
-    return _tied_logits_fused(x, table)
-  return jnp.einsum("...D,VD->...V", x, table, preferred_element_type=jnp.float32)
+    return _tied_logits_fused(x, table).astype(out_dtype)
+  return jnp.einsum("...D,VD->...V", x, table, preferred_element_type=out_dtype)
 
 
 @jax.custom_vjp

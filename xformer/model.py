@@ -296,11 +296,12 @@ class Decoder(nn.Module):
     return self.project(x)  # [B, T, V]
 
   def project(self, x: Array) -> Array:
-    """Final hidden states [..., D] -> vocabulary logits [..., V] float32."""
+    """Final hidden states [..., D] -> vocabulary logits [..., V] (model.logits_dtype)."""
     cfg = self.cfg
     if cfg.tie_output:
-      return layers.tied_logits(x.astype(cfg.dtype), self.embed.embedding, cfg.fused_output)
-    return self.logits(x.astype(cfg.dtype)).astype(jnp.float32)  # [..., V]
+      return layers.tied_logits(x.astype(cfg.dtype), self.embed.embedding, cfg.fused_output,
+                                cfg.logits_dtype)
+    return self.logits(x.astype(cfg.dtype)).astype(cfg.logits_dtype)  # [..., V]
 
 
 class Transformer(nn.Module):

@@ -43,6 +43,9 @@ class ModelConfig:
     fused_output: the tied output projection with its backward pass written out
       (`layers.tied_logits_fused`); False is plain autodiff of the same product. Same numbers.
     dtype: compute dtype; param_dtype: parameter dtype (names or jnp dtypes; stored as dtypes).
+    logits_dtype: dtype of the output logits (float32 accumulation either way; the loss and
+      decoding compute in float32 from them). "bfloat16" halves the largest activation of a
+      large-vocabulary step.
     remat: per-layer rematerialisation policy, one of REMAT_POLICIES.
     scan_unroll: layers per iteration of the compiled layer loop. 1 compiles one layer (fastest
       compile, least memory); a value >= the depth unrolls the stack (no loop: faster steps on
@@ -78,6 +81,7 @@ class ModelConfig:
   fused_output: bool = True
   dtype: Any = "float32"
   param_dtype: Any = "float32"
+  logits_dtype: Any = "float32"
   remat: str = "none"
   scan_unroll: int = 1
   attention_impl: str = "xla"
@@ -91,7 +95,7 @@ class ModelConfig:
     errors.check_choice("model.norm", self.norm, NORMS)
     errors.check_choice("model.remat", self.remat, REMAT_POLICIES)
     errors.check_choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)
-    for name in ("dtype", "param_dtype"):
+    for name in ("dtype", "param_dtype", "logits_dtype"):
       try:
         object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
       except TypeError as e:
