@@ -53,17 +53,20 @@ def final_metric(out: str, table: list[dict]) -> None:
 
 
 def length_generalization(out: str, table: list[dict]) -> None:
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = plt.subplots(figsize=(8.5, 4.5))
   factors = sorted(int(k.split("@")[1][:-1]) for k in table[0] if k.startswith("ppl@"))
+  colors = plt.get_cmap("tab20").colors
   if factors:
-    for r in table:
+    for i, r in enumerate(table):
       pts = [(k, r[f"ppl@{k}x"]) for k in factors if r.get(f"ppl@{k}x")]
       if not pts:
         continue
       x, cells = zip(*pts)
       mean, std = np.array([c[0] for c in cells]), np.array([c[1] or 0 for c in cells])
-      (line,) = ax.plot(x, mean, marker="o", label=r["label"])
-      ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+      color = colors[i % len(colors)]
+      ax.plot(x, mean, "--" if "+" in r["label"] else "-", marker="o", ms=4, color=color,
+              label=r["label"])
+      ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.08, lw=0)
     ax.set(xscale="log", yscale="log", xlabel="evaluation length / training length",
            ylabel="perplexity", title="Length generalisation (mean ± std over seeds)")
     ax.set_xticks(factors, [f"{k}x" for k in factors])
@@ -76,7 +79,7 @@ def length_generalization(out: str, table: list[dict]) -> None:
              yerr=[c[1] or 0 for c in cells], capsize=2, label=split)
     ax.set_xticks([j + 0.2 for j in range(len(table))], names, rotation=30)
     ax.set(ylabel="greedy BLEU", title="Length generalisation: test vs test_long")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   _save(fig, out, "length_generalization.png")
 
 
