@@ -13,6 +13,10 @@ def get_config(arg=None):
                                      activation="gelu", max_len=512)
   c.model.dtype = "bfloat16"
   c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/splash.py).
+  # Plain autodiff of the loss and tied projection: the TPU compiler prefers it here too
+  # (v5p-8: 1.8 GiB fewer temporaries per device; benchmarks/README.md, "The loss paths on TPU").
+  c.fused_loss = False
+  c.model.fused_output = False
   c.data.dataset = "lm1b"
   c.data.eval_split = "test"  # lm1b has train and test only (its held-out set).
   c.data.max_target_len = 256
