@@ -14,8 +14,6 @@ import time
 
 import pytest
 
-from conftest import small_config  # noqa: F401  (the small_files fixture's config)
-
 REPO = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 
