@@ -8,6 +8,7 @@ difference that can change numbers (a Colab runtime brings its own jax).
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.metadata
 import json
@@ -47,11 +48,17 @@ def git_commit() -> str | None:
   return sha + ("+dirty" if dirty else "") if sha else None
 
 
-def current() -> dict[str, Any]:
-  """This process's record (JSON-able)."""
-  return {"packages": {p: _version(p) for p in PACKAGES if _version(p)},
+@functools.lru_cache(maxsize=1)
+def _record() -> dict[str, Any]:
+  versions = {p: _version(p) for p in PACKAGES}
+  return {"packages": {p: v for p, v in versions.items() if v},
           "xformer_commit": git_commit(), "xformer_version": _version("xformer"),
           "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def current() -> dict[str, Any]:
+  """This process's record (JSON-able; read once per process: every checkpoint saves it)."""
+  return copy.deepcopy(_record())
 
 
 def write(workdir: str) -> dict[str, Any]:
