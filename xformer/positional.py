@@ -236,15 +236,14 @@ class RoPE(PositionalEncoding):
     return rope_scaling.check(kwargs["scaling"], kwargs["factor"], kwargs["original_len"])
 
   def rotate_fn(self) -> Callable[[Array, Array, str], Array]:
-    if self.scaling == "none":  # Queries and keys alike.
-      return lambda x, positions, role: apply_rope(x, positions, self.base)
-    mscale = rope_scaling.attention_factor(self.scaling, self.factor)
+    mscale = rope_scaling.attention_factor(self.scaling, self.factor)  # 1 but for YaRN
 
     def rotate(x: Array, positions: Array, role: str) -> Array:
       del role  # Queries and keys alike: logits scale by mscale^2, i.e. 1 / t.
       theta = rope_scaling.frequencies(x.shape[-1], self.base, self.scaling, self.factor,
                                        self.original_len, self.yarn_alpha, self.yarn_beta)
-      return (rope_scaling.rotate(x, positions, theta) * mscale).astype(x.dtype)
+      rotated = rope_scaling.rotate(x, positions, theta)  # [B, T, N, H] float32
+      return (rotated if mscale == 1.0 else rotated * mscale).astype(x.dtype)
 
     return rotate
 

@@ -16,8 +16,6 @@ from xformer import rope_scaling
 Array = jax.Array
 
 
-
-
 def sinusoidal(positions: Array, d_model: int, max_timescale: float = 10_000.0) -> Array:
   """The sinusoids of "Attention Is All You Need", section 3.5, exactly.
 
@@ -43,8 +41,9 @@ def sinusoidal(positions: Array, d_model: int, max_timescale: float = 10_000.0) 
 
 
 def rope_frequencies(head_dim: int, base: float = 10_000.0) -> Array:
-  """theta_i = base^(-2i / H) for i in [0, H/2): the rotation speed of each dimension pair."""
-  return base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)  # [H/2]
+  """theta_i = base^(-2i / H) for i in [0, H/2): the rotation speed of each dimension pair
+  (rope_scaling.frequencies without a scaling)."""
+  return jnp.asarray(rope_scaling.frequencies(head_dim, base))  # [H/2]
 
 
 def apply_rope(x: Array, positions: Array, base: float = 10_000.0) -> Array:
@@ -65,10 +64,8 @@ def apply_rope(x: Array, positions: Array, base: float = 10_000.0) -> Array:
   Returns:
     [B, T, N, H], same dtype as x (the rotation is computed in float32).
   """
-  head_dim = x.shape[-1]
-  if head_dim % 2:
-    raise ValueError(f"RoPE needs an even head dimension, got {head_dim}.")
-  return rope_scaling.rotate(x, positions, rope_frequencies(head_dim, base)).astype(x.dtype)
+  theta = rope_scaling.frequencies(x.shape[-1], base)
+  return rope_scaling.rotate(x, positions, theta).astype(x.dtype)
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:

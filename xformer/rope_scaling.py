@@ -74,6 +74,8 @@ def attention_factor(scaling: str, factor: float) -> float:
 
 def rotate(x, positions, theta) -> jnp.ndarray:
   """Rotates pair (i, i + H/2) of x [B, T, N, H] by position * theta[i] (float32 inside)."""
+  if x.shape[-1] % 2:
+    raise ValueError(f"RoPE needs an even head dimension, got {x.shape[-1]}.")
   positions = jnp.broadcast_to(positions, x.shape[:2])  # [B, T]
   angles = positions[..., None].astype(jnp.float32) * jnp.asarray(theta, jnp.float32)  # [B,T,H/2]
   sin = jnp.sin(angles)[:, :, None, :]  # [B, T, 1, H/2]
