@@ -79,20 +79,23 @@ class Dataset:
     texts: dict[int, str] = {}
     for start in range(0, len(wanted), chunk):
       rows = wanted[start:start + chunk]
-      records = source.__getitems__(rows) if hasattr(source, "__getitems__") else [
-          source[i] for i in rows]
-      for i, raw in zip(rows, records):
+      for i, raw in zip(rows, read_rows(source, rows)):
         for j, key in enumerate(self.keys):
           texts[i * k + j] = text_of(raw[key])
     return [texts[p] for p in picks if texts[p]]
 
 
-def read_all(source: Sequence[Any]) -> list[Any]:
-  """Every record of a source; one batched read when the source offers it (array_record reads
+def read_rows(source: Sequence[Any], rows: Sequence[int]) -> list[Any]:
+  """Records `rows` of a source; one batched read when the source offers it (array_record reads
   records one by one, in a batch much faster: benchmarks/README.md)."""
   if hasattr(source, "__getitems__"):
-    return list(source.__getitems__(list(range(len(source)))))
-  return [source[i] for i in range(len(source))]
+    return list(source.__getitems__(list(rows)))
+  return [source[i] for i in rows]
+
+
+def read_all(source: Sequence[Any]) -> list[Any]:
+  """Every record of a source, in one batched read when it offers one."""
+  return read_rows(source, range(len(source)))
 
 
 def text_of(value: Any) -> str:

@@ -63,18 +63,16 @@ class Inputs:
     """Token ids of a split: from the token cache (data.token_cache), tokenized once into
     memory (data.pretokenize), or tokenized on each access."""
     data = self.config.data
-    if split not in self._encoded and data.token_cache:
-      root = os.path.expanduser(data.token_cache_dir or token_cache.DEFAULT_ROOT)
-      path = os.path.join(root, token_cache.key(self.dataset.fingerprint,
-                                                self.tokenizer.model_proto, split))
-      if not os.path.exists(os.path.join(path, "meta.json")):
-        log_line(f"Tokenizing {self.dataset.name}/{split} once into {path} (data.token_cache).")
-      token_cache.build(self.dataset.split(split), self.tokenizer, self.dataset.keys, path)
-      self._encoded[split] = token_cache.TokenCache(path)
-    elif split not in self._encoded:
-      self._encoded[split] = pipeline.EncodedSource(
-          self.dataset.split(split), self.tokenizer, self.dataset.keys, eager=data.pretokenize)
-    return self._encoded[split]
+    if split in self._encoded:
+      return self._encoded[split]
+    if data.token_cache:
+      source = token_cache.for_split(data.token_cache_dir, self.dataset, self.tokenizer, split,
+                                     say=log_line)
+    else:
+      source = pipeline.EncodedSource(self.dataset.split(split), self.tokenizer,
+                                      self.dataset.keys, eager=data.pretokenize)
+    self._encoded[split] = source
+    return source
 
   def train_iterator(self) -> tuple[pipeline.ShardedBatches, pipeline.OverlongCounter]:
     """This process's rows of every global batch (see pipeline.ShardedBatches)."""

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xformer.data.datasets import text_of
+from xformer.data.datasets import read_rows, text_of
 
 DEFAULT_ROOT = "~/.cache/xformer/tokens"
 _CHUNK = 20_000
@@ -35,6 +35,16 @@ def key(fingerprint: str, model_proto: bytes, split: str) -> str:
   """Directory name of a split's cache: hash of dataset fingerprint, tokenizer model, split."""
   h = hashlib.sha256(fingerprint.encode() + b"\0" + model_proto + b"\0" + split.encode())
   return h.hexdigest()[:16]
+
+
+def for_split(root: str, dataset, tokenizer, split: str, say=None) -> "TokenCache":
+  """The cache of `split` under `root`, built first if it is not there (`say` is told)."""
+  path = os.path.join(os.path.expanduser(root or DEFAULT_ROOT),
+                      key(dataset.fingerprint, tokenizer.model_proto, split))
+  if say and not os.path.exists(os.path.join(path, "meta.json")):
+    say(f"Tokenizing {dataset.name}/{split} once into {path} (data.token_cache).")
+  build(dataset.split(split), tokenizer, dataset.keys, path)
+  return TokenCache(path)
 
 
 def _encode_chunk(model_proto: bytes, texts: list[list[str]]) -> list[list[np.ndarray]]:
@@ -47,9 +57,7 @@ def _encode_chunk(model_proto: bytes, texts: list[list[str]]) -> list[list[np.nd
 def _chunks(source: Sequence[Any], keys: Sequence[str]):
   """(start, [texts of each key]) for consecutive chunks of `source`."""
   for start in range(0, len(source), _CHUNK):
-    rows = list(range(start, min(start + _CHUNK, len(source))))
-    raw = source.__getitems__(rows) if hasattr(source, "__getitems__") else [
-        source[i] for i in rows]
+    raw = read_rows(source, range(start, min(start + _CHUNK, len(source))))
     yield start, [[text_of(r[k]) for r in raw] for k in keys]
 
 
