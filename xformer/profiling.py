@@ -8,7 +8,6 @@ workdir works the same (the profiler itself writes local files only).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -17,6 +16,7 @@ import jax
 from etils import epath
 
 from xformer import errors
+from xformer.data import mirror
 from xformer.metric_writer import log_line
 
 
@@ -55,11 +55,7 @@ class StepProfiler:
     jax.block_until_ready(state)  # The traced steps' device work belongs in the trace.
     jax.profiler.stop_trace()
     target = epath.Path(self.workdir) / "profile"
-    for root, _, files in os.walk(self.local):  # Local files, to a local or gs:// target.
-      for name in files:
-        dest = target / os.path.relpath(os.path.join(root, name), self.local)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        epath.Path(os.path.join(root, name)).copy(dest, overwrite=True)
+    mirror.push(self.local, str(target))  # Local files, to a local or gs:// workdir.
     shutil.rmtree(self.local, ignore_errors=True)
     log_line(f"Profiled steps {self.window[0]}..{step} ({time.time() - self.started:.1f}s); "
              f"trace in {target} (tensorboard --logdir {target})")

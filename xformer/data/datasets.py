@@ -118,6 +118,7 @@ def _prepared(builder: tfds.core.DatasetBuilder, cfg, hint: str) -> None:
   _prepare(builder, cfg, hint)
   if "://" in remote:
     mirror.push(str(builder.data_dir), remote)
+    logging.warning("Dataset pushed to %s for the other hosts and later runs.", remote)
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, cfg, hint: str) -> None:

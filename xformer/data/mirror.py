@@ -53,12 +53,12 @@ def pull(remote: str, local: str) -> bool:
   return True
 
 
-def push(local: str, remote: str) -> None:
-  """Copies a prepared local dataset directory to the bucket, the completion marker last."""
+def push(local: str, remote: str, last: str = _COMPLETE) -> None:
+  """Copies the local directory tree `local` to `remote` (a bucket or a local path), the file
+  named `last` (a dataset's completion marker) after all others."""
   target = epath.Path(remote)
-  names = sorted(_files(epath.Path(local)), key=lambda n: n == _COMPLETE)
+  names = sorted(_files(epath.Path(local)), key=lambda n: n == last)
   for name in names:
     dest = target / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     epath.Path(local, name).copy(dest, overwrite=True)
-  logging.warning("Dataset pushed to %s for the other hosts and later runs.", remote)
