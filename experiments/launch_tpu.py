@@ -63,6 +63,10 @@ def _vm(args, verb: str) -> list[str]:
   return ["gcloud", "compute", "tpus", *kind, verb, args.tpu, *_where(args)]
 
 
+def _delete(args) -> list[str]:
+  return _vm(args, "delete") + (["--force"] if args.queued else []) + ["--quiet"]
+
+
 def describe(args) -> list[str]:
   field = "state.state" if args.queued else "state"
   return _vm(args, "describe") + [f"--format=value({field})"]
@@ -80,9 +84,8 @@ def create_commands(args, state: str | None) -> list[list[str]]:
   else:
     create = _vm(args, "create") + [f"--accelerator-type={args.type}", f"--version={runtime}"]
   create += ["--spot"] if args.spot else []
-  delete = _vm(args, "delete") + (["--force"] if args.queued else []) + ["--quiet"]
   if state in GONE or state == "?":
-    return [delete, create]
+    return [_delete(args), create]
   return [create] if state is None else []
 
 
@@ -112,7 +115,7 @@ def ship_local() -> str:
 def runs(args) -> list[tuple[str, str, list[str]]]:
   """(name, gs:// workdir, flags) of every run; data from the shared prepared copy."""
   root = args.workdir_root.rstrip("/")
-  shared = [f"--config.data.data_dir={tpu_host.shared_local_data()}",
+  shared = [f"--config.data.data_dir={tpu_host.LOCAL_DATA}",
             f"--config.tokenizer.cache_dir={root}/tokenizers"]
   if not args.sweep:
     return [("run", f"{root}/run", [f"--config={args.config}", *shared] +
@@ -126,7 +129,7 @@ def runs(args) -> list[tuple[str, str, list[str]]]:
 
 
 def prepare_command(args) -> list[str]:
-  root, local = args.workdir_root.rstrip("/"), tpu_host.shared_local_data()
+  root, local = args.workdir_root.rstrip("/"), tpu_host.LOCAL_DATA
   flags = [f"--config={args.config}", f"--config.data.data_dir={local}",
            f"--config.tokenizer.cache_dir={root}/tokenizers",
            *[f"--config.{item}" for item in args.set]]
@@ -146,7 +149,7 @@ def build_commands(args, state: str | None = "?") -> list[tuple[str, list[str]]]
   if args.verb == "logs":
     return [("logs", _ssh(args, tpu_host.logs_command(args.lines), worker="0"))]
   if args.verb == "delete":
-    return [("delete", _vm(args, "delete") + (["--force"] if args.queued else []) + ["--quiet"])]
+    return [("delete", _delete(args))]
   if args.verb == "collect":
     return [("collect", ["gcloud", "storage", "cp", "-r", workdir,
                          os.path.dirname(os.path.join(args.out, name)) + "/"])
@@ -155,7 +158,7 @@ def build_commands(args, state: str | None = "?") -> list[tuple[str, list[str]]]
   cmds += [("setup", argv) for argv in setup_command(args)]
   cmds.append(("prepare", prepare_command(args)))
   script = tpu_host.job_script(runs(args), shared_data=f"{root}/data",
-                               local_data=tpu_host.shared_local_data())
+                               local_data=tpu_host.LOCAL_DATA)
   cmds.append(("train", _ssh(args, tpu_host.start_detached(script))))
   return [(stage, argv) for stage, argv in cmds if stage in args.stages]
 

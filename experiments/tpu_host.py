@@ -19,10 +19,6 @@ SCRIPT = "~/xformer_job.sh"
 LOCAL_DATA = "~/xformer_data"  # Each host's copy of the prepared dataset (xformer expands ~).
 
 
-def shared_local_data() -> str:
-  return LOCAL_DATA
-
-
 def log_name(run: str) -> str:
   return run.replace("/", "_") + ".log"
 
