@@ -13,14 +13,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _band(ax, x, curves, label):
+def _band(ax, x, curves, label, alpha=0.2, **line_kw):
   """Mean line and a +- std band of equally long curves [seeds, len(x)]."""
   curves = np.asarray(curves, np.float64)
   mean = curves.mean(0)
-  (line,) = ax.plot(x, mean, label=label)
+  (line,) = ax.plot(x, mean, label=label, **line_kw)
   if len(curves) > 1:
     std = curves.std(0, ddof=1)
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=alpha, linewidth=0)
 
 
 def _save(fig, out: str, name: str) -> None:
@@ -97,13 +97,8 @@ def position_loss(out: str, table: list[dict], train_len: int | None = None) -> 
     n = min(len(c) for c in r["position_nll"]) // width * width
     curves = [np.asarray(c[:n]).reshape(-1, width).mean(1) for c in r["position_nll"]]
     x = np.arange(len(curves[0])) * width + width / 2
-    mean = np.mean(curves, 0)
-    style = "--" if "+" in r["label"] else "-"
-    ax.plot(x, mean, style, marker="o", ms=3, color=colors[i % len(colors)], label=r["label"])
-    if len(curves) > 1:
-      std = np.std(curves, 0, ddof=1)
-      ax.fill_between(x, mean - std, mean + std, color=colors[i % len(colors)], alpha=0.12,
-                      lw=0)
+    _band(ax, x, curves, r["label"], alpha=0.12, ls="--" if "+" in r["label"] else "-",
+          marker="o", ms=3, color=colors[i % len(colors)])
   if train_len:
     ax.axvline(train_len, color="gray", ls=":", lw=1)
   ax.set(xlabel="position in the window", ylabel=f"next-token NLL (mean of {width} positions)",
