@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -78,8 +79,7 @@ def build(source: Sequence[Any], tokenizer, keys: Sequence[str], path: str,
   lengths = [np.zeros(n + 1, np.int64) for _ in keys]
   with concurrent.futures.ProcessPoolExecutor(workers) as pool:
     pending: list[tuple[int, concurrent.futures.Future]] = []
-    chunks = _chunks(source, keys)
-    for item in [*chunks, None]:
+    for item in itertools.chain(_chunks(source, keys), [None]):  # Lazily: None ends the input.
       if item is not None:
         pending.append((item[0], pool.submit(_encode_chunk, tokenizer.model_proto, item[1])))
       while pending and (item is None or len(pending) > 2 * workers):
