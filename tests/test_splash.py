@@ -43,7 +43,9 @@ def test_splash_equals_xla_attention_forward_and_gradients(causal, dtype, tol):
     return jnp.sum(fn(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32)
                    * cot)
 
-  fused = lambda q, k, v: splash.attention(q, k, v, qs, ks, causal=causal)
+  heads_first = lambda x: x.swapaxes(1, 2)  # [B, T, N, H] <-> [B, N, T, H]
+  fused = lambda q, k, v: heads_first(splash.attention(heads_first(q), heads_first(k),
+                                                       heads_first(v), qs, ks, causal=causal))
   ref = lambda q, k, v: _reference(q, k, v, qs, ks, causal)
   out = fused(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32)
   want = ref(q.astype(dtype), k.astype(dtype), v.astype(dtype))

@@ -19,10 +19,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xformer import masks, splash
-from xformer.layers import EMBED, HEADS, KV, dense
+from xformer import layers, masks, splash
+from xformer.layers import EMBED, HEADS, KV
 
 Array = jax.Array
+
+
+def _project(x: Array, w: Array) -> Array:
+  """x [B, T, D] @ w [D, N, H] -> [B, T, N, H], as one 2-D matrix product."""
+  return layers.matmul_dot_general(x.astype(w.dtype), w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def attention_weights(q: Array, k: Array, mask: Array | None, bias: Array | None) -> Array:
@@ -119,21 +124,25 @@ class MultiHeadAttention(nn.Module):
         to keys and values once per sequence into the `cache` collection and return None
         (x_q unused); "read": use them if filled (else project x_kv, as without a cache).
     """
-    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-    heads = (self.num_heads, self.head_dim)
+    w = self._kernels(x_q.shape[-1], x_kv.shape[-1])
+    explicit = (self.dropout_rate > 0.0 and not deterministic) or self.is_mutable_collection(
+        "intermediates")
+    if (q_segments is not None and self.implementation == "splash" and not explicit
+        and bias is None and x_q.shape[1] % splash.BLOCK == 0
+        and x_kv.shape[1] % splash.BLOCK == 0):
+      return self._splash(x_q, x_kv, w, positions, q_segments, kv_segments, is_causal)
+
     filled = cross_cache == "read" and self.has_variable("cache", "cross_key")
     if filled:
       k = self.get_variable("cache", "cross_key")  # [B, S, N, H]
       v = self.get_variable("cache", "cross_value")  # [B, S, N, H]
     else:
-      k = dense(heads, (EMBED, HEADS, KV), name="key", **kw)(x_kv)  # [B, S, N, H]
-      v = dense(heads, (EMBED, HEADS, KV), name="value", **kw)(x_kv)  # [B, S, N, H]
+      k, v = _project(x_kv, w["key"]), _project(x_kv, w["value"])  # [B, S, N, H] each
     if cross_cache == "fill":
       self.put_variable("cache", "cross_key", k)
       self.put_variable("cache", "cross_value", v)
       return None
-    d_model = x_q.shape[-1]
-    q = dense(heads, (EMBED, HEADS, KV), name="query", **kw)(x_q)  # [B, T, N, H]
+    q = _project(x_q, w["query"])  # [B, T, N, H]
 
     if self.rotate_fn is not None:
       q = self.rotate_fn(q, positions, "query")
@@ -142,13 +151,7 @@ class MultiHeadAttention(nn.Module):
     if decode_index is not None:
       k, v = self._update_cache(k, v, decode_index)  # [B, L, N, H] each
 
-    explicit = (self.dropout_rate > 0.0 and not deterministic) or self.is_mutable_collection(
-        "intermediates")
     if q_segments is not None:
-      if (self.implementation == "splash" and not explicit and bias is None
-          and q.shape[1] % splash.BLOCK == 0 and k.shape[1] % splash.BLOCK == 0):
-        out = splash.attention(q, k, v, q_segments, kv_segments, causal=is_causal)
-        return dense(x_q.shape[-1], (HEADS, KV, EMBED), axis=(-2, -1), name="out", **kw)(out)
       mask = masks.attention_mask(q_segments, kv_segments, causal=is_causal)  # [B, 1, T, S]
       is_causal = False
     if mask is None and (is_causal or kv_lengths is not None) and explicit:
@@ -171,7 +174,38 @@ class MultiHeadAttention(nn.Module):
           # A dense mask (cached decoding) always takes the XLA kernel.
           implementation="cudnn" if self.implementation == "cudnn" and mask is None else None,
       )  # [B, T, N, H]
-    return dense(d_model, (HEADS, KV, EMBED), axis=(-2, -1), name="out", **kw)(out)  # [B, T, D]
+    return layers.matmul_dot_general(out.astype(self.dtype), w["out"],
+                                     (((2, 3), (0, 1)), ((), ())))  # [B, T, D]
+
+  def _kernels(self, d_q: int, d_kv: int) -> dict[str, Array]:
+    """The projection weights in the compute dtype: query/key/value [D, N, H], out [N, H, D]
+    (parameters `<name>/kernel`, as dense layers would name and initialise them)."""
+    heads, kw = (self.num_heads, self.head_dim), dict(dtype=self.dtype,
+                                                       param_dtype=self.param_dtype)
+    w = {name: layers.Kernel((d, *heads), 1, (EMBED, HEADS, KV), name=name, **kw)()
+         for name, d in (("query", d_q), ("key", d_kv), ("value", d_kv))}
+    w["out"] = layers.Kernel((*heads, d_q), 2, (HEADS, KV, EMBED), name="out", **kw)()
+    return w
+
+  def _splash(self, x_q: Array, x_kv: Array, w: dict[str, Array], positions: Array | None,
+              q_segments: Array, kv_segments: Array, is_causal: bool) -> Array:
+    """Attention through the splash kernel, projected straight into its heads-first layout:
+    q, k and v of self-attention in one product (k and v of cross-attention in one), the
+    1/sqrt(H) scale folded into the query weight (a [D, N, H] multiply, not one per token)."""
+    self_attention = x_kv is x_q
+    x_q, x_kv = x_q.astype(self.dtype), x_kv.astype(self.dtype)
+    w_q = (w["query"] * self.head_dim ** -0.5).astype(self.dtype)
+    if self_attention:
+      q, k, v = jnp.einsum("BTD,CDNH->CBNTH", x_q, jnp.stack([w_q, w["key"], w["value"]]))
+    else:
+      q = jnp.einsum("BTD,DNH->BNTH", x_q, w_q)  # [B, N, T, H]
+      k, v = jnp.einsum("BSD,CDNH->CBNSH", x_kv, jnp.stack([w["key"], w["value"]]))
+    if self.rotate_fn is not None:  # It rotates [B, T, N, H].
+      rotate = lambda x, role: jnp.swapaxes(  # noqa: E731
+          self.rotate_fn(jnp.swapaxes(x, 1, 2), positions, role), 1, 2)
+      q, k = rotate(q, "query"), rotate(k, "key")
+    out = splash.attention(q, k, v, q_segments, kv_segments, causal=is_causal, scale=1.0)
+    return jnp.einsum("BNTH,NHD->BTD", out, w["out"])  # [B, T, D]
 
   def _update_cache(self, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
     """Writes k, v [B, T, N, H] at cache slot `index`; returns the whole cache [B, L, N, H]."""

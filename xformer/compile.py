@@ -129,16 +129,16 @@ def _cost(compiled) -> dict[str, float]:
                              else None}
 
 
-def kernel_calls(hlo_text: str) -> list[tuple[str, bool]]:
-  """(name, priced) of every compute-kernel custom call in compiled HLO (Pallas TPU kernels,
-  cuDNN fused attention, Triton): priced when it carries a cost estimate for the cost model."""
+def kernel_calls(stablehlo_text: str) -> list[tuple[str, bool]]:
+  """(name, priced) of every compute-kernel custom call in a lowered step's StableHLO (Pallas
+  TPU kernels, cuDNN fused attention, Triton): priced when it carries a cost estimate for the
+  cost model (the compiled HLO no longer shows the kernels' backend configs)."""
   out = set()
-  for line in hlo_text.splitlines():
-    m = re.search(r'custom_call_target="([^"]+)"', line)
+  for line in stablehlo_text.splitlines():
+    m = re.search(r"stablehlo\.custom_call @([\w$.]+)\(", line)
     if m and m.group(1).startswith(_KERNEL_CALLS):
-      name = re.search(r'kernel_name\\?"?[:=] ?\\?"([\w.$-]+)', line)
-      out.add((m.group(1) + (f" ({name.group(1)})" if name else ""),
-               "cost_estimate" in line))
+      name = re.search(r'kernel_name = "([\w.$-]+)"', line)
+      out.add((m.group(1) + (f" ({name.group(1)})" if name else ""), "cost_estimate" in line))
   return sorted(out)
 
 
@@ -182,8 +182,9 @@ def _compile_step(run: Run, name: str, target: targets.Target) -> dict[str, Any]
   the TPU compiler itself refuses for lack of HBM is reported as not fitting."""
   start = time.perf_counter()
   fn, args = step_and_args(run, name)
+  lowered = fn.lower(*args)
   try:
-    compiled = fn.lower(*args).compile()
+    compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     m = re.search(r"HLO temporaries \(([\d.]+)([GMK])\) exceeds available HBM", str(e))
     if not m:
@@ -194,7 +195,7 @@ def _compile_step(run: Run, name: str, target: targets.Target) -> dict[str, Any]
             "temporaries_gib": temp, "peak_memory_per_device_gib": args + temp, "flops": None,
             "optimal_seconds": None, "kernels": [], "unpriced_custom_calls": [], "fits": False,
             "compiler_error": str(e).splitlines()[0][:300]}
-  calls = kernel_calls(compiled.as_text())
+  calls = kernel_calls(lowered.as_text())
   entry = {"compile_s": time.perf_counter() - start, **_memory(compiled), **_cost(compiled),
            "kernels": [call for call, _ in calls],
            "unpriced_custom_calls": [call for call, priced in calls if not priced]}

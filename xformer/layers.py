@@ -124,6 +124,36 @@ def dense(features, axes: tuple[str | None, ...], *, axis=-1, use_bias: bool, dt
   )
 
 
+class Kernel(nn.Module):
+  """A projection's weight alone, created exactly as `dense` creates its kernel (parameter
+  `<name>/kernel`, the initializer applied to the flattened [prod(inputs), prod(outputs)]
+  matrix, logical axis names), for a caller that multiplies it itself (attention stacks the
+  query, key and value weights into one product). Returns it in `dtype`.
+
+  Attributes:
+    shape: the kernel's shape, input dimensions first ((D, N, H) for a head projection).
+    num_inputs: how many leading dimensions are inputs.
+    axes: logical names of every dimension.
+    dtype: compute dtype; param_dtype: storage dtype.
+  """
+
+  shape: tuple[int, ...]
+  num_inputs: int
+  axes: tuple[str, ...]
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> Array:
+    def init(rng, shape, dtype):
+      flat = (math.prod(shape[:self.num_inputs]), math.prod(shape[self.num_inputs:]))
+      return default_kernel_init(rng, flat, dtype).reshape(shape)
+
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), self.shape,
+                        self.param_dtype)
+    return jnp.asarray(kernel, self.dtype)
+
+
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
   """LayerNorm with logically-named scale and bias; statistics are always computed in float32."""
   return nn.LayerNorm(
