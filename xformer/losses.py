@@ -1,7 +1,8 @@
 """Label-smoothed cross-entropy (paper section 5.4) with per-token weights, in float32.
 
 `cross_entropy` is the definition, differentiated by autodiff: the function to edit when trying
-a new loss (set `config.fused_loss=False` so training uses it). `fused_cross_entropy` computes
+a new loss (set `config.fused_loss=False` so training uses it; the accelerator configs do, the
+TPU compiler fuses its gradient well). `fused_cross_entropy` computes
 the same sums with the backward pass written out (one pass over the logits); a test holds the two
 equal in value and gradient (tests/test_losses.py), and benchmarks/README.md says where the fast
 path pays.
@@ -33,13 +34,40 @@ def _smoothing(vocab: int, eps: float) -> tuple[float, float, float]:
   return confidence, low, -(confidence * math.log(confidence) + eps * math.log(low))
 
 
+def _terms(logits: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
+  """(max, log-normaliser, target logit, sum of logits), each [B, T], of logits [B, T, V].
+
+  Written so that XLA fuses them into two passes over the logits (the max, then the sum of
+  exponentials with the target's logit and the plain sum beside it), the passes a large
+  vocabulary pays for in HBM traffic."""
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # [B, T]
+  lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))  # [B, T]
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [B, T]
+  return top, lse, target_logit, jnp.sum(logits, axis=-1)
+
+
+def _sums(vocab: int, eps: float, top, lse, target_logit, sum_logits, weights) -> Sums:
+  """The four sums from the per-token terms (shared by both paths).
+
+  With log p_v = logits_v - lse: nll = lse - logits_target, and the smoothed cross-entropy
+  -sum_v q_v log p_v = (1 - eps) nll + eps / (V - 1) (V lse - sum_v logits_v - nll). A token
+  is `correct` when its target has the largest logit; a tie counts as correct (argmax would
+  pick the first tied token), and no separate argmax pass over [B, T, V] is needed.
+  """
+  confidence, low, entropy = _smoothing(vocab, eps)
+  nll = lse - target_logit  # [B, T]
+  smoothed = confidence * nll + low * (vocab * lse - sum_logits - nll)  # [B, T]
+  return {"loss": jnp.sum((smoothed - entropy) * weights), "nll": jnp.sum(nll * weights),
+          "correct": jnp.sum((target_logit >= top) * weights), "weight": jnp.sum(weights)}
+
+
 def cross_entropy(logits: Array, targets: Array, weights: Array,
                   label_smoothing: float = 0.0) -> Sums:
   """Sums over weighted tokens (normalise by `weight` afterwards, across micro-batches too).
 
   The smoothed target distribution q puts 1 - eps on the right token and eps / (V - 1) on every
   other one; the loss is the cross-entropy with q minus q's entropy, so a perfect prediction of q
-  scores 0.
+  scores 0. Differentiated by autodiff.
 
   Args:
     logits: [B, T, V] (computed in float32 whatever their dtype).
@@ -49,30 +77,20 @@ def cross_entropy(logits: Array, targets: Array, weights: Array,
 
   Returns:
     dict of scalars: `loss` (smoothed, summed), `nll` (plain negative log-likelihood, summed),
-    `correct` (argmax hits), `weight` (number of real tokens).
+    `correct` (tokens whose target has the top logit), `weight` (number of real tokens).
   """
   logits = logits.astype(jnp.float32)
-  vocab = logits.shape[-1]
-  confidence, low, entropy = _smoothing(vocab, float(label_smoothing))
-  weights = weights.astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)  # [B, T, V]
-  onehot = jax.nn.one_hot(targets, vocab, dtype=jnp.float32)  # [B, T, V]
-  q = onehot * confidence + (1.0 - onehot) * low
-  nll = -jnp.sum(onehot * logp, axis=-1)  # [B, T]
-  loss = -jnp.sum(q * logp, axis=-1) - entropy  # [B, T]
-  return {"loss": jnp.sum(loss * weights), "nll": jnp.sum(nll * weights),
-          "correct": jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights),
-          "weight": jnp.sum(weights)}
+  _smoothing(logits.shape[-1], float(label_smoothing))  # Validates eps.
+  return _sums(logits.shape[-1], float(label_smoothing), *_terms(logits, targets),
+               weights.astype(jnp.float32))
 
 
 def fused_cross_entropy(logits: Array, targets: Array, weights: Array,
                         label_smoothing: float = 0.0) -> Sums:
   """`cross_entropy` with its gradient written out: d_logits = weight * (softmax - q).
 
-  Autodiff of the definition keeps several [B, T, V] temporaries (log-softmax, q, the one-hot,
-  weights broadcast to [B, T, V]); here the forward pass keeps the logits and the [B, T]
-  log-normaliser, and the backward pass is one elementwise pass over the logits. `targets` and
-  `weights` get no gradient.
+  The forward pass keeps the logits and the [B, T] log-normaliser, and the backward pass is one
+  elementwise pass over the logits. `targets` and `weights` get no gradient.
   """
   _smoothing(logits.shape[-1], float(label_smoothing))  # Validates eps.
   return _fused(logits.astype(jnp.float32), targets, weights.astype(jnp.float32),
@@ -85,20 +103,8 @@ def _fused(logits: Array, targets: Array, weights: Array, eps: float) -> Sums:
 
 
 def _fused_fwd(logits, targets, weights, eps):
-  vocab = logits.shape[-1]
-  confidence, low, entropy = _smoothing(vocab, eps)
-  top = jnp.max(logits, axis=-1)  # [B, T]
-  lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))  # [B, T]
-  nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [B, T]
-  # -sum_v q_v log p_v, with sum_v log p_v = sum_v logits_v - V lse.
-  smoothed = confidence * nll + low * (vocab * lse - jnp.sum(logits, axis=-1) - nll)  # [B, T]
-  sums = {
-      "loss": jnp.sum((smoothed - entropy) * weights),
-      "nll": jnp.sum(nll * weights),
-      "correct": jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights),
-      "weight": jnp.sum(weights),
-  }
-  return sums, (logits, lse, targets, weights)
+  terms = _terms(logits, targets)
+  return _sums(logits.shape[-1], eps, *terms, weights), (logits, terms[1], targets, weights)
 
 
 def _fused_bwd(eps, residuals, g):
