@@ -16,6 +16,7 @@ def get_config(arg=None):
   # Plain autodiff of the loss and tied projection: the TPU compiler prefers it here too
   # (v5p-8: 1.8 GiB fewer temporaries per device; benchmarks/README.md, "The loss paths on TPU").
   c.fused_loss = False
+  c.shard_optimizer_state = True  # Adam's moments split over the data-parallel chips (ZeRO-1).
   c.model.fused_output = False
   c.data.dataset = "lm1b"
   c.data.eval_split = "test"  # lm1b has train and test only (its held-out set).

@@ -66,3 +66,29 @@ def test_attention_dropout_only_in_training():
   train = mha.apply(params, x, x, mask=None, deterministic=False,
                     rngs={"dropout": jax.random.key(2)})
   assert float(jnp.abs(train - eval_a).max()) > 1e-2
+
+
+def test_projection_weights_are_created_as_dense_layers_created_them():
+  """Attention multiplies its weights itself (fused q/k/v products); `layers.Kernel` must give
+  the parameters a dense layer gave (same path, initial values and logical axes), so a seed
+  trains the same model as before and old checkpoints keep their meaning."""
+  from xformer import layers  # pylint: disable=import-outside-toplevel
+  axes = (layers.EMBED, layers.HEADS, layers.KV)
+
+  class Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.dense((4, 8), axes, use_bias=False, dtype=jnp.float32,
+                          param_dtype=jnp.float32, name="query")(x)
+
+  class Weight(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      del x
+      return layers.Kernel((16, 4, 8), 1, axes, name="query")()
+
+  old = Dense().init(jax.random.key(3), jnp.ones((2, 16)))
+  new = Weight().init(jax.random.key(3), jnp.ones((2, 16)))
+  np.testing.assert_array_equal(nn.unbox(old)["params"]["query"]["kernel"],
+                                nn.unbox(new)["params"]["query"]["kernel"])
+  assert nn.get_partition_spec(old) == nn.get_partition_spec(new)

@@ -24,15 +24,24 @@ def _losses(workdir, key="train/loss"):
   return {m["step"]: m[key] for m in metric_writer.read_metrics(workdir) if key in m}
 
 
-def test_sharded_step_equals_single_device_step(small_files):
-  run, inputs = train.build(small_config(small_files, **{"mesh.data": 2, "mesh.fsdp": 2,
-                                                          "mesh.tensor": 2}))
+@pytest.mark.parametrize("split_optimizer", [False, True], ids=["moments_as_params", "zero1"])
+def test_sharded_step_equals_single_device_step(small_files, split_optimizer):
+  run, inputs = train.build(small_config(small_files, **{
+      "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
+      "shard_optimizer_state": split_optimizer}))
   assert dict(run.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   it = inputs.train_iterator()[0]
   batch = next(it)
   state = run.init_state(jax.random.key(0))
   params = jax.device_get(state.params)
   assert len(state.params["embed"]["embedding"].sharding.device_set) == 8
+  # A layer's output kernel is split over fsdp (embed) only; with ZeRO-1 its Adam moment is
+  # also split over data: half the bytes per device.
+  kernel = state.params["decoder"]["layers"]["ffn"]["wo"]["kernel"]
+  moments = [x for x in jax.tree.leaves(state.opt_state) if x.shape == kernel.shape]
+  shard = lambda x: np.prod(x.sharding.shard_shape(x.shape))  # noqa: E731
+  assert moments and all(shard(m) == shard(kernel) // (2 if split_optimizer else 1)
+                         for m in moments)
   sharded_state, sharded = run.p_train_step(state, run.put_batch(batch, local=True),
                                             jax.random.key(1))
   single_state = steps.TrainState(np.int32(0), params, run.tx.init(params))

@@ -52,8 +52,12 @@ class Run:
     self.abstract_opt_state = jax.eval_shape(self.tx.init, self.abstract_params)
     self.param_shardings = sharding.param_shardings(model_lib.logical_axes(self.model), mesh)
     replicated = sharding.replicated(mesh)
+    # Optimizer moments like their parameters, or (shard_optimizer_state) also split over the
+    # data-parallel devices: each updates its slice and the new parameters are gathered.
+    split = config.shard_optimizer_state
     self.opt_shardings = optax.tree_map_params(
-        self.tx, lambda _, s: s, self.abstract_opt_state, self.param_shardings,
+        self.tx, lambda x, s: sharding.over_batch_devices(s, x.shape) if split else s,
+        self.abstract_opt_state, self.param_shardings,
         transform_non_params=lambda _: replicated)
     self.state_shardings = steps.TrainState(replicated, self.param_shardings, self.opt_shardings)
     self.batch_sharding = sharding.batch_sharding(mesh)

@@ -101,6 +101,25 @@ def param_shardings(logical_specs: Any, mesh: Mesh) -> Any:
   return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
 
 
+def over_batch_devices(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+  """`sharding` also split over the batch axes (data x fsdp) that it does not use yet, on its
+  largest dimension they divide (after the split it already has): the layout of optimizer
+  state split over the data-parallel replicas (ZeRO stage 1). Unchanged when none fits."""
+  mesh = sharding.mesh
+  spec = [(e if isinstance(e, tuple) else (e,)) if e else () for e in sharding.spec]
+  spec += [()] * (len(shape) - len(spec))
+  used = {a for entry in spec for a in entry}
+  free = tuple(a for a in BATCH_AXES if a not in used and mesh.shape[a] > 1)
+  if not free:
+    return sharding
+  ways = lambda axes: int(np.prod([mesh.shape[a] for a in axes]))  # noqa: E731
+  for i in sorted(range(len(shape)), key=lambda i: -shape[i]):
+    if shape[i] % (ways(spec[i]) * ways(free)) == 0:
+      spec[i] = spec[i] + free
+      return NamedSharding(mesh, P(*[e if len(e) > 1 else (e[0] if e else None) for e in spec]))
+  return sharding
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 

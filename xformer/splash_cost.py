@@ -59,6 +59,8 @@ def estimate(phase: str, *, heads: int, q_len: int, kv_len: int, head_dim: int,
   elif phase == "dkv":
     flops = 2 * logits * (2 * h + 2 * hv + (h if fused_dq else 0))
     own = 2 * itemsize * heads * kv_len * (h + hv)  # k, v, dk, dv.
+    if fused_dq:  # dq per kv block, summed outside the kernel.
+      own += itemsize * heads * q_len * h * (kv_len // bkv)
     other = heads * blocks * bq * (itemsize * (h + hv) + 2 * 4)  # q, dO blocks; lse, di.
   else:
     raise ValueError(f"unknown splash phase {phase!r}; valid: {_PHASES}.")
@@ -77,8 +79,9 @@ def _phase(name: str) -> str | None:
 def _from_call(phase: str, kernel: Any, out_shape: Any, args: tuple[Any, ...]
                ) -> pl.CostEstimate | None:
   """The estimate of a splash pallas_call from its operands: (data_next, block_mask, mask_next,
-  q [N, T, H], k [N, S, H], v [N, S, Hv], ..., q_sequence), q_sequence given for causal
-  (computed) masks. None when the layout is not the one this was written for."""
+  q [N, T, H], k [N, S, H], v [N, S, Hv], ..., q_sequence), each of q, k, v as [N, H, T] when
+  its layout is SEQ_MINOR, q_sequence given for causal (computed) masks. None when the
+  operands are not laid out as this was written for."""
   keywords = getattr(kernel, "keywords", {})
   try:
     q, k, v = (_head_minor(x.shape, keywords.get(f"{n}_layout")) for x, n in zip(args[3:6], "qkv"))

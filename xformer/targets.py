@@ -144,8 +144,9 @@ def abstract_devices(target: Target) -> list:
   GPU target description for GPUs (needs the CUDA plugin, `pip install -e ".[cuda]"`)."""
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   if target.platform == "tpu":
-    kw = {"chip_config_name": "megacore"} if target.chip.cores_per_unit > 1 else {
-        "chips_per_host_bounds": (2, 2, 1) if target.chips >= 4 else (1, 1, 1)}
+    kw = {"chips_per_host_bounds": (2, 2, 1) if target.chips >= 4 else (1, 1, 1)}
+    if target.chip.cores_per_unit > 1:
+      kw["chip_config_name"] = "megacore"
     if target.num_slices > 1:
       kw["num_slices"] = target.num_slices
     return list(topologies.get_topology_desc(target.topology, "tpu", **kw).devices)
