@@ -159,7 +159,7 @@ class MultiHeadAttention(nn.Module):
     if explicit:
       probs = attention_weights(q, k, mask, bias)  # [B, N, T, S]
       self.sow("intermediates", "attention_weights", probs)
-      probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+      probs = layers.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
       out = jnp.einsum("BNTS,BSNH->BTNH", probs.astype(v.dtype), v)  # [B, T, N, H]
     else:
       out = jax.nn.dot_product_attention(

@@ -6,6 +6,7 @@ device mesh, so nothing here knows about devices.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -24,9 +25,28 @@ LAYERS = "layers"
 Array = jax.Array
 Dtype = Any
 
+@jax.custom_vjp
+def relu(x: Array) -> Array:
+  """max(x, 0), differentiated from its output: the backward pass needs only relu(x), which the
+  next layer keeps anyway, not x or a separate mask (under a scanned layer stack every residual
+  is a stacked buffer of its own)."""
+  return jnp.maximum(x, 0)
+
+
+def _relu_fwd(x):
+  y = jnp.maximum(x, 0)
+  return y, y
+
+
+def _relu_bwd(y, g):
+  return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)
+
 # name -> (activation, gated). Gated variants compute act(x W_gate) * (x W_up) (Shazeer 2020).
 ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], bool]] = {
-    "relu": (nn.relu, False),
+    "relu": (relu, False),
     "gelu": (nn.gelu, False),
     "swiglu": (nn.silu, True),
     "geglu": (nn.gelu, True),
@@ -154,9 +174,17 @@ class Kernel(nn.Module):
     return jnp.asarray(kernel, self.dtype)
 
 
+# Recomputed in the backward pass from its (compute dtype) input: otherwise autodiff keeps three
+# float32 copies of the activations per norm (x^2, x - mean, the scaled output), 12 bytes per
+# element where the input takes 2 in bfloat16. Without a CSE barrier: where nothing forces the
+# residuals out (an unrolled stack), XLA may still keep the forward values.
+_RematLayerNorm = nn.remat(nn.LayerNorm, prevent_cse=False)
+
+
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
-  """LayerNorm with logically-named scale and bias; statistics are always computed in float32."""
-  return nn.LayerNorm(
+  """LayerNorm with logically-named scale and bias; statistics are always computed in float32;
+  the backward pass recomputes them (only the input is kept)."""
+  return _RematLayerNorm(
       epsilon=eps,
       dtype=dtype,
       param_dtype=param_dtype,
@@ -164,6 +192,41 @@ def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.La
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)),
       name=name,
   )
+
+
+class Dropout(nn.Module):
+  """`flax.linen.Dropout` (the same masks from the same "dropout" stream), with a backward pass
+  that keeps only the boolean mask (autodiff of the select also keeps a broadcast zero array).
+
+  Attributes:
+    rate: probability of dropping an element.
+  """
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    keep_prob = 1.0 - self.rate
+    keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, x.shape)
+    return _masked(x, keep, keep_prob)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _masked(x: Array, keep: Array, keep_prob: float) -> Array:
+  return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
+
+
+def _masked_fwd(x, keep, keep_prob):
+  return _masked(x, keep, keep_prob), keep
+
+
+def _masked_bwd(keep_prob, keep, g):
+  return jnp.where(keep, g / keep_prob, jnp.zeros_like(g)), None
+
+
+_masked.defvjp(_masked_fwd, _masked_bwd)
 
 
 class FeedForward(nn.Module):
@@ -187,10 +250,14 @@ class FeedForward(nn.Module):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"Unknown activation {self.activation!r}; valid: {sorted(ACTIVATIONS)}.")
     act, gated = ACTIVATIONS[self.activation]
-    d_model = x.shape[-1]
+    *lead, d_model = x.shape
     kw = dict(use_bias=not gated, dtype=self.dtype, param_dtype=self.param_dtype)
-    h = act(dense(self.d_ff, (EMBED, MLP), name="wi", **kw)(x))  # [B, T, F]
+    # On [B*T, D] rows: the hidden layer is then one array for both the activation's backward
+    # pass and W2's gradient, not two (an array and its reshape) kept side by side.
+    x = x.reshape(-1, d_model)  # [B*T, D]
+    h = act(dense(self.d_ff, (EMBED, MLP), name="wi", **kw)(x))  # [B*T, F]
     if gated:
-      h = h * dense(self.d_ff, (EMBED, MLP), name="wi_up", **kw)(x)  # [B, T, F]
-    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return dense(d_model, (MLP, EMBED), name="wo", **kw)(h)  # [B, T, D]
+      h = h * dense(self.d_ff, (EMBED, MLP), name="wi_up", **kw)(x)  # [B*T, F]
+    if self.dropout_rate and not deterministic:  # (Masks drawn as [B, T, F], as always.)
+      h = Dropout(self.dropout_rate)(h.reshape(*lead, -1), deterministic).reshape(h.shape)
+    return dense(d_model, (MLP, EMBED), name="wo", **kw)(h).reshape(*lead, d_model)  # [B, T, D]

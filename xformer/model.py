@@ -42,7 +42,7 @@ def _residual(cfg: ModelConfig, x: Array, sublayer: Callable[[Array], Array], no
   """Post-LN: LN(x + drop(f(x))) as in the paper; pre-LN: x + drop(f(LN(x)))."""
   pre = cfg.norm == "pre"
   y = sublayer(norm(x) if pre else x)
-  x = x + nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+  x = x + layers.Dropout(cfg.dropout)(y, deterministic=deterministic)
   return x if pre else norm(x)
 
 
@@ -173,7 +173,7 @@ def _embed_tokens(cfg: ModelConfig, embed: nn.Embed, pe: positional.PositionalEn
   x = embed(tokens) * jnp.sqrt(cfg.d_model).astype(cfg.dtype)  # [B, T, D]
   if positional.ADD in pe.HOOKS:
     x = x + pe.embed(positions).astype(x.dtype)
-  return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+  return layers.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 def _train_positions(module: nn.Module, cfg: ModelConfig, tokens: Array, positions: Array,
