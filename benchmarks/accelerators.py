@@ -38,7 +38,11 @@ CASES = {
 VARIANTS = {
     "xla": ["model.attention_impl=xla"],
     "auto": ["model.attention_impl=auto"],
-    "auto+remat_dots": ["model.attention_impl=auto", "model.remat=dots_no_batch"],
+    "cudnn": ["model.attention_impl=cudnn", "data.pack=False"],  # GPU fused attention.
+    # Remat needs the layer loop (wmt_base ships its stacks unrolled).
+    "scan": ["model.attention_impl=auto", "model.scan_unroll=1"],
+    "scan+remat_dots": ["model.attention_impl=auto", "model.scan_unroll=1",
+                        "model.remat=dots_no_batch"],
 }
 
 

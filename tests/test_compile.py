@@ -87,7 +87,8 @@ def test_ici_aware_mesh_gives_inner_axes_compact_blocks_of_chips():
 def test_estimate_counts_every_layer_scanned_or_unrolled():
   deep = SMALL + ["model.variant=small", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
                   "model.num_decoder_layers=4"]  # Layers dominate the step.
-  config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, deep)
+  config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
+                                deep + ["model.scan_unroll=1"])
   scanned = compile_lib.compile_config(config, "v5p-8", steps=("train",))
   unrolled_config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
                                          deep + ["model.scan_unroll=4"])
@@ -100,6 +101,9 @@ def test_estimate_counts_every_layer_scanned_or_unrolled():
   raw = scanned["steps"]["train"]["flops"] * scanned["devices"]
   assert raw < 0.5 * unrolled["flops_per_step"], (raw, unrolled["flops_per_step"])
   assert 0 < scanned["est_mfu"] < 1 and scanned["fits"]
+  # Attention runs through the splash kernels, and the cost model prices them (splash_cost).
+  assert scanned["attention"].startswith("splash") and not scanned["unpriced_custom_calls"]
+  assert any("splash_mha_dkv" in k for k in scanned["steps"]["train"]["kernels"])
   ratio = scanned["flops_per_step"] / scanned["model_flops_per_step"]
   assert 0.8 < ratio < 1.6, ratio  # The compiler's count against the 6N + attention formula.
 

@@ -69,7 +69,7 @@ def test_the_tpu_cost_model_prices_splash_gradients(causal):
   with jax.set_mesh(mesh):
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, seg)
   compiled = lowered.compile()
-  calls = compile_lib.kernel_calls(lowered.as_text())
+  calls = compile_lib.kernel_calls(compiled.as_text(), lowered.as_text())
   assert {name.split("(")[1].split("_")[2] for name, _ in calls} == {"fwd", "dq", "dkv"}
   assert all(priced for _, priced in calls), calls
   cost = compiled.cost_analysis()

@@ -129,16 +129,22 @@ def _cost(compiled) -> dict[str, float]:
                              else None}
 
 
-def kernel_calls(stablehlo_text: str) -> list[tuple[str, bool]]:
-  """(name, priced) of every compute-kernel custom call in a lowered step's StableHLO (Pallas
-  TPU kernels, cuDNN fused attention, Triton): priced when it carries a cost estimate for the
-  cost model (the compiled HLO no longer shows the kernels' backend configs)."""
+def kernel_calls(compiled_text: str, lowered_text: str) -> list[tuple[str, bool]]:
+  """(name, priced) of every compute-kernel custom call of a step (Pallas TPU kernels, cuDNN
+  fused attention, Triton): the kernels from the compiled HLO (partitioned kernels exist only
+  there), priced when the lowered StableHLO gives the kernel a cost estimate for the cost model
+  (the compiled HLO no longer shows the kernels' backend configs)."""
+  priced = set()
+  for line in lowered_text.splitlines():
+    name = re.search(r'kernel_name = "([\w.$-]+)"', line)
+    if name and "cost_estimate" in line:
+      priced.add(name.group(1))
   out = set()
-  for line in stablehlo_text.splitlines():
-    m = re.search(r"stablehlo\.custom_call @([\w$.]+)\(", line)
-    if m and m.group(1).startswith(_KERNEL_CALLS):
-      name = re.search(r'kernel_name = "([\w.$-]+)"', line)
-      out.add((m.group(1) + (f" ({name.group(1)})" if name else ""), "cost_estimate" in line))
+  for line in compiled_text.splitlines():
+    m = re.search(r'%([\w.$-]+) = .*custom_call_target="([^"]+)"', line)
+    if m and m.group(2).startswith(_KERNEL_CALLS):
+      name = re.sub(r"\.\d+$", "", m.group(1))  # The instruction: the kernel's name.
+      out.add((f"{m.group(2)} ({name})", name in priced))
   return sorted(out)
 
 
@@ -195,7 +201,7 @@ def _compile_step(run: Run, name: str, target: targets.Target) -> dict[str, Any]
             "temporaries_gib": temp, "peak_memory_per_device_gib": args + temp, "flops": None,
             "optimal_seconds": None, "kernels": [], "unpriced_custom_calls": [], "fits": False,
             "compiler_error": str(e).splitlines()[0][:300]}
-  calls = kernel_calls(lowered.as_text())
+  calls = kernel_calls(compiled.as_text(), lowered.as_text())
   entry = {"compile_s": time.perf_counter() - start, **_memory(compiled), **_cost(compiled),
            "kernels": [call for call, _ in calls],
            "unpriced_custom_calls": [call for call, priced in calls if not priced]}
@@ -254,8 +260,10 @@ def remedy(report: dict[str, Any], config: ml_collections.ConfigDict) -> str:
            f"and {worst['temporaries_gib']:.2f} GiB of temporaries. Try:"]
   if worst["temporaries_gib"] > worst["arguments_gib"]:
     if config.model.remat == "none":
-      lines.append("  --config.model.remat=dots_no_batch (or full): recompute activations "
-                   "in the backward pass instead of keeping them (with model.scan_unroll=1)")
+      loop = " --config.model.scan_unroll=1" if config.model.scan_unroll > 1 else ""
+      lines.append(f"  --config.model.remat=dots_no_batch{loop} (or remat=full): recompute "
+                   "activations in the backward pass instead of keeping them (remat needs the "
+                   "layer loop)")
     lines.append(f"  --config.grad_accum_steps={2 * config.grad_accum_steps}: the same batch in "
                  "micro-batches, about half the activation memory")
     lines.append(f"  --config.batch_size={config.batch_size // 2}: half the rows per step")
