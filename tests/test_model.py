@@ -302,3 +302,39 @@ def test_bfloat16_logits_stay_close_and_the_loss_is_float32(fused):
     a, b = loss(want, tgt, weights, 0.1), loss(got, tgt, weights, 0.1)
     assert b["loss"].dtype == jnp.float32
     np.testing.assert_allclose(b["loss"] / b["weight"], a["loss"] / a["weight"], rtol=1e-2)
+
+
+def test_a_layer_keeps_only_lean_residuals_for_its_backward_pass():
+  """What a training step keeps per layer (under a layer loop each residual is a stacked buffer
+  of its own): in bfloat16 compute no float32 copy of the activations (LayerNorm recomputes its
+  statistics), dropout keeps a boolean mask and no zero array, and the FFN keeps its hidden
+  layer once (relu is differentiated from its output, which W2's gradient needs anyway)."""
+  import contextlib  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  from xformer import masks  # pylint: disable=import-outside-toplevel
+  b, t, d, f = 2, 24, 64, 96  # (No weight or attention array has b*t*d or b*t*f elements.)
+  cfg = variants.variant("tiny", vocab_size=50, d_model=d, d_ff=f, num_heads=2, dtype="bfloat16",
+                         dropout=0.1)
+  layer = model_lib.EncoderLayer(cfg, None, deterministic=False)
+  x = jnp.ones((b, t, d), jnp.bfloat16)
+  mask = masks.attention_mask(jnp.ones((b, t), jnp.int32), jnp.ones((b, t), jnp.int32))
+  params = layer.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, mask,
+                      None, None)
+
+  def loss(p, x):
+    y, _ = layer.apply(p, x, mask, None, None, rngs={"dropout": jax.random.key(2)})
+    return jnp.sum(y.astype(jnp.float32))
+
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(loss, params, x)  # "bf16[2,16,64] output of ..."
+  kept = [(m.group(1), int(np.prod([int(n) for n in m.group(2).split(",") if n])))
+          for m in re.finditer(r"^(\w+)\[([\d,]*)\]", out.getvalue(), re.M)]
+  activations = [dtype for dtype, n in kept if n == b * t * d]
+  assert "f32" not in activations, out.getvalue()
+  assert activations.count("bool") == 2, out.getvalue()  # One per dropout (two sublayers).
+  assert [n for _, n in kept].count(b * t * f) == 1, out.getvalue()  # The FFN hidden layer.
+  # A select's other branch (zeros) kept as a residual: an activation-sized constant.
+  assert not re.search(rf"^\w+\[2,{t},(64|96)\] output of (broadcast_in_dim|jitted function "
+                       "'_where')", out.getvalue(), re.M), out.getvalue()

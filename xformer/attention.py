@@ -25,9 +25,15 @@ from xformer.layers import EMBED, HEADS, KV
 Array = jax.Array
 
 
-def _project(x: Array, w: Array) -> Array:
-  """x [B, T, D] @ w [D, N, H] -> [B, T, N, H], as one 2-D matrix product."""
-  return layers.matmul_dot_general(x.astype(w.dtype), w, (((x.ndim - 1,), (0,)), ((), ())))
+def _rows(x: Array, dtype: Any) -> Array:
+  """[B, T, D] -> [B*T, D] in the compute dtype: the one copy every projection of x reads (and
+  the one the backward pass keeps)."""
+  return x.reshape(-1, x.shape[-1]).astype(dtype)
+
+
+def _project(rows: Array, w: Array, lead: tuple[int, ...]) -> Array:
+  """rows [B*T, D] @ w [D, N, H] -> [B, T, N, H] (lead = (B, T)), one 2-D matrix product."""
+  return jnp.matmul(rows, w.reshape(w.shape[0], -1)).reshape(*lead, *w.shape[1:])
 
 
 def attention_weights(q: Array, k: Array, mask: Array | None, bias: Array | None) -> Array:
@@ -133,16 +139,18 @@ class MultiHeadAttention(nn.Module):
       return self._splash(x_q, x_kv, w, positions, q_segments, kv_segments, is_causal)
 
     filled = cross_cache == "read" and self.has_variable("cache", "cross_key")
+    kv_rows = None if filled else _rows(x_kv, self.dtype)  # [B*S, D]
     if filled:
       k = self.get_variable("cache", "cross_key")  # [B, S, N, H]
       v = self.get_variable("cache", "cross_value")  # [B, S, N, H]
     else:
-      k, v = _project(x_kv, w["key"]), _project(x_kv, w["value"])  # [B, S, N, H] each
+      k, v = (_project(kv_rows, w[n], x_kv.shape[:2]) for n in ("key", "value"))  # [B, S, N, H]
     if cross_cache == "fill":
       self.put_variable("cache", "cross_key", k)
       self.put_variable("cache", "cross_value", v)
       return None
-    q = _project(x_q, w["query"])  # [B, T, N, H]
+    q_rows = kv_rows if x_q is x_kv else _rows(x_q, self.dtype)  # [B*T, D]
+    q = _project(q_rows, w["query"], x_q.shape[:2])  # [B, T, N, H]
 
     if self.rotate_fn is not None:
       q = self.rotate_fn(q, positions, "query")
@@ -174,8 +182,10 @@ class MultiHeadAttention(nn.Module):
           # A dense mask (cached decoding) always takes the XLA kernel.
           implementation="cudnn" if self.implementation == "cudnn" and mask is None else None,
       )  # [B, T, N, H]
-    return layers.matmul_dot_general(out.astype(self.dtype), w["out"],
-                                     (((2, 3), (0, 1)), ((), ())))  # [B, T, D]
+    b, t = out.shape[:2]
+    out = jnp.matmul(out.reshape(b * t, -1).astype(self.dtype),
+                     w["out"].reshape(-1, w["out"].shape[-1]))  # [B*T, D]
+    return out.reshape(b, t, -1)  # [B, T, D]
 
   def _kernels(self, d_q: int, d_kv: int) -> dict[str, Array]:
     """The projection weights in the compute dtype: query/key/value [D, N, H], out [N, H, D]
