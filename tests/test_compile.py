@@ -85,7 +85,7 @@ def test_ici_aware_mesh_gives_inner_axes_compact_blocks_of_chips():
 
 
 def test_estimate_counts_every_layer_scanned_or_unrolled():
-  deep = SMALL + ["model.variant=small", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
+  deep = SMALL + ["model.variant=mini", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
                   "model.num_decoder_layers=4"]  # Layers dominate the step.
   config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
                                 deep + ["model.scan_unroll=1"])
@@ -181,7 +181,7 @@ def test_estimate_counts_every_loss_chunk():
 def test_a_remat_step_gets_an_estimate():
   """The cost-model compile unrolls the layers of a remat config too (remat is refused on
   unrolled layers for running, not for pricing), and recomputation costs FLOPs."""
-  base = SMALL + ["model.variant=small", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
+  base = SMALL + ["model.variant=mini", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
                   "model.num_decoder_layers=4", "model.scan_unroll=1"]  # Layers dominate.
   plain = compile_lib.compile_config(
       config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, base), "v5p-8", steps=("train",))
