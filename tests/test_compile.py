@@ -84,7 +84,11 @@ def test_ici_aware_mesh_gives_inner_axes_compact_blocks_of_chips():
   assert all(volume(g) == 16 for g in mesh.devices.reshape(-1, 16))  # fsdp x tensor
 
 
-def test_estimate_counts_every_layer_scanned_or_unrolled():
+def test_estimate_counts_every_layer_scanned_unrolled_or_rematerialized():
+  """The scanned step is priced as its unrolled twin; so is a remat step (the cost-model
+  compile unrolls its layers too: remat is refused on unrolled layers for running, not for
+  pricing), whose recomputation costs FLOPs and saves memory. One test: the scanned compile is
+  the expensive part and both checks need it."""
   deep = SMALL + ["model.variant=mini", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
                   "model.num_decoder_layers=4"]  # Layers dominate the step.
   config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
@@ -106,6 +110,14 @@ def test_estimate_counts_every_layer_scanned_or_unrolled():
   assert any("splash_mha_dkv" in k for k in scanned["steps"]["train"]["kernels"])
   ratio = scanned["flops_per_step"] / scanned["model_flops_per_step"]
   assert 0.8 < ratio < 1.6, ratio  # The compiler's count against the 6N + attention formula.
+  remat = compile_lib.compile_config(
+      config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
+                           deep + ["model.scan_unroll=1", "model.remat=full"]),
+      "v5p-8", steps=("train",))
+  assert remat["est_step_s"] > 0 and remat["estimated_from"].startswith("unrolled")
+  assert remat["flops_per_step"] > 1.15 * scanned["flops_per_step"]  # The forward, again.
+  assert remat["steps"]["train"]["temporaries_gib"] < scanned["steps"]["train"][
+      "temporaries_gib"]
 
 
 def test_compile_cli_writes_the_report_and_exits_3_when_it_does_not_fit(tmp_path):
@@ -176,18 +188,3 @@ def test_estimate_counts_every_loss_chunk():
   # projection, 2 x B x T x D x V.
   recompute = 2 * 16 * 128 * 64 * 32000
   assert abs(chunked["flops_per_step"] / (whole["flops_per_step"] + recompute) - 1) < 0.05
-
-
-def test_a_remat_step_gets_an_estimate():
-  """The cost-model compile unrolls the layers of a remat config too (remat is refused on
-  unrolled layers for running, not for pricing), and recomputation costs FLOPs."""
-  base = SMALL + ["model.variant=mini", "tokenizer.vocab_size=512", "model.num_encoder_layers=4",
-                  "model.num_decoder_layers=4", "model.scan_unroll=1"]  # Layers dominate.
-  plain = compile_lib.compile_config(
-      config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, base), "v5p-8", steps=("train",))
-  remat = compile_lib.compile_config(
-      config_lib.load_file(f"{REPO}/configs/wmt_base.py", None, base + ["model.remat=full"]),
-      "v5p-8", steps=("train",))
-  assert remat["est_step_s"] > 0 and remat["estimated_from"].startswith("unrolled")
-  assert remat["flops_per_step"] > 1.15 * plain["flops_per_step"]  # The forward pass, again.
-  assert remat["steps"]["train"]["temporaries_gib"] < plain["steps"]["train"]["temporaries_gib"]

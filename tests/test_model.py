@@ -169,14 +169,20 @@ def test_remat_and_unroll_change_speed_not_math():
       return jnp.mean(out**2)
 
     results.append(jax.jit(jax.value_and_grad(loss))(params))
-    encoded = model.apply({"params": params}, src, method="encode")
-    cache = model_lib.init_cache(model, batch_size=2, max_len=4)
-    segments = (src > 0).astype(jnp.int32)
-    for t in range(2):
-      out, state = model.apply({"params": params, "cache": cache}, encoded, segments,
-                               tgt[:, t:t + 1], decode=True, method="decode", mutable=["cache"])
-      cache = state["cache"]
-    decoded.append(out)
+
+    @jax.jit
+    def decode_two(p):  # Encode, then two cached decoder steps (jitted: eager scans are slow).
+      encoded = model.apply({"params": p}, src, method="encode")
+      cache = model_lib.init_cache(model, batch_size=2, max_len=4)
+      segments = (src > 0).astype(jnp.int32)
+      for t in range(2):
+        out, state = model.apply({"params": p, "cache": cache}, encoded, segments,
+                                 tgt[:, t:t + 1], decode=True, method="decode",
+                                 mutable=["cache"])
+        cache = state["cache"]
+      return out
+
+    decoded.append(decode_two(params))
   for other, dec in zip(results[1:], decoded[1:]):
     np.testing.assert_allclose(other[0], results[0][0], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), other[1],
