@@ -170,6 +170,8 @@ def test_wmt_base_compiles_for_h100x8_with_cudnn_attention():
   report = compile_lib.compile_config(config, "h100x8", steps=("train",))
   assert report["fits"] and report["est_step_s"] is None
   assert any("cudnn" in c for c in report["steps"]["train"]["kernels"])
+  # GPU FLOPs from the unpartitioned step (the fused attention counts zero), all 8 devices.
+  assert 0.85 < report["flops_per_step"] / report["model_flops_per_step"] < 1.2
 
 
 def test_estimate_counts_every_loss_chunk():

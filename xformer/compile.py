@@ -8,7 +8,8 @@ Compiles the real train step (and the eval step and one cached decode step) with
 training builds, laid out over the target's topology, on compile-only devices (libtpu for TPU,
 an XLA target description for GPU). Reports per-device memory from the compiler's buffer
 assignment (arguments + outputs not aliased to them + temporaries), whether it fits the chip's
-HBM, the compiler's FLOPs and, for TPU, libtpu's cost-model estimate of the step time, tokens/s
+HBM, the compiler's FLOPs (GPU: XLA's count before the backend's passes, fused-attention
+kernels not included) and, for TPU, libtpu's cost-model estimate of the step time, tokens/s
 and MFU. Estimates, not measurements. The cost model counts a loop body once, so when the layer
 stack runs as a loop the time comes from a second compile of the same step with the layers
 unrolled (memory always from the step as configured). Exit status 0: fits; 3: does not fit
@@ -207,6 +208,8 @@ def _compile_step(run: Run, name: str, target: targets.Target) -> dict[str, Any]
            "unpriced_custom_calls": [call for call, priced in calls if not priced]}
   if target.platform != "tpu":
     entry["unpriced_custom_calls"] = []  # No cost model to price them.
+    whole = flops.lowered_flops(lowered)  # GPU executables carry no cost analysis.
+    entry["flops"] = whole and whole / target.devices
   entry["fits"] = entry["peak_memory_per_device_gib"] <= target.chip.hbm_gib
   return entry
 

@@ -24,6 +24,10 @@ segment mask zeroes other examples' weights, it does not skip their FLOPs).
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+
 from xformer.variants import ModelConfig
 
 
@@ -47,3 +51,18 @@ def forward_flops(cfg: ModelConfig, src_len: int, tgt_len: int) -> float:
 def train_step_flops(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int) -> float:
   """Forward + backward FLOPs of a train step on a [batch] of rows: 3 x forward."""
   return 3.0 * batch * forward_flops(cfg, src_len, tgt_len)
+
+
+def lowered_flops(lowered: Any) -> float | None:
+  """FLOPs of a lowered (not yet compiled) jitted step, all devices: XLA's HLO cost analysis of
+  the module before partitioning and backend passes. For GPU targets, whose compiled
+  executables carry no cost analysis. Kernel custom calls (cuDNN fused attention, Pallas) count
+  zero; None when this jax build does not expose the analysis."""
+  try:
+    from jax._src.lib import xla_client  # pylint: disable=import-outside-toplevel
+    module = lowered.compiler_ir("hlo").get_hlo_module()
+    cost = xla_client._xla.hlo_module_cost_analysis(  # pylint: disable=protected-access
+        jax.devices("cpu")[0].client, module)
+  except (AttributeError, TypeError, RuntimeError):
+    return None
+  return float(cost["flops"]) if cost.get("flops") else None
