@@ -21,7 +21,7 @@ platforms.compile_only_environment("v5p-8")  # Before libtpu is first loaded (qu
 
 # pylint: disable=wrong-import-position
 from xformer import compile as compile_lib
-from xformer import config_lib, errors, positional, sharding, targets
+from xformer import config_lib, errors, flops, positional, sharding, targets
 
 @pytest.fixture(autouse=True)
 def _training_matmul_precision():
@@ -190,3 +190,19 @@ def test_estimate_counts_every_loss_chunk():
   # projection, 2 x B x T x D x V.
   recompute = 2 * 16 * 128 * 64 * 32000
   assert abs(chunked["flops_per_step"] / (whole["flops_per_step"] + recompute) - 1) < 0.05
+
+
+def test_gpu_flops_count_every_layer_of_a_scanned_stack():
+  """GPU executables carry no cost analysis: the FLOPs come from lowering the step, unrolled
+  when its layers run as a loop (a loop body would count once)."""
+  pytest.importorskip("jax_plugins.xla_cuda12", reason="CUDA plugin not installed (.[cuda])")
+  config = config_lib.load_file(f"{REPO}/configs/lm1b.py", None, [
+      "model.variant=lm_mini", "model.num_decoder_layers=4", "model.scan_unroll=1",
+      "model.attention_impl=xla", "batch_size=16", "tokenizer.vocab_size=512"])
+  report = compile_lib.compile_config(config, "h100", steps=("train",))
+  assert report["estimated_from"].startswith("unrolled lowering")
+  assert 0.8 < report["flops_per_step"] / report["model_flops_per_step"] < 1.6
+  run = compile_lib.build_run(config, targets.parse("h100"))
+  fn, args = compile_lib.step_and_args(run, "train")
+  looped = flops.lowered_flops(fn.lower(*args))  # The loop counted once: what would mislead.
+  assert looped < 0.6 * report["flops_per_step"], (looped, report["flops_per_step"])

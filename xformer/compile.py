@@ -232,10 +232,16 @@ def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
          "model_flops_per_step": flops.train_step_flops(cfg, config.batch_size, src, tgt),
          "flops_per_step": train["flops"] and train["flops"] * target.devices,
          "est_step_s": None, "est_tokens_per_s": None, "est_mfu": None, "estimated_from": None}
-  if target.platform != "tpu" or not estimate:
-    return out  # GPU: XLA's cost analysis has no time model.
   loops = (cfg.scan_unroll < max(cfg.num_encoder_layers, cfg.num_decoder_layers)
            or config.loss_chunk > 0)
+  if target.platform != "tpu":  # GPU: no time model; FLOPs from a lowering (cheap), unrolled.
+    if loops:
+      fn, args = step_and_args(_unrolled(run), "train")
+      out["flops_per_step"] = flops.lowered_flops(fn.lower(*args))
+      out["estimated_from"] = "unrolled lowering of the same step (FLOPs only)"
+    return out
+  if not estimate:
+    return out
   if loops:
     fn, args = step_and_args(_unrolled(run), "train")
     compiled = fn.lower(*args).compile()
