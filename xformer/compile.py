@@ -33,6 +33,7 @@ import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from xformer import config_lib, flops, platforms, sharding, targets
+from xformer.compile_report import format_report, remedy
 from xformer.data import pipeline
 from xformer.run import Run
 from xformer.steps import TrainState
@@ -256,59 +257,6 @@ def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
     out["est_mfu"] = out["model_flops_per_step"] / (
         target.devices * target.chip.peak_tflops * 1e12 * step_s)
   return out
-
-
-def remedy(report: dict[str, Any], config: ml_collections.ConfigDict) -> str:
-  """What to change when a step does not fit, and by how much it is over."""
-  worst_name, worst = max(report["steps"].items(),
-                          key=lambda kv: kv[1]["peak_memory_per_device_gib"])
-  hbm, peak = report["hbm_per_device_gib"], worst["peak_memory_per_device_gib"]
-  lines = [f"The {worst_name} step needs {peak:.2f} GiB per device on {report['target']}, "
-           f"{peak - hbm:.2f} GiB ({peak / hbm - 1:.0%}) over its {hbm:g} GiB of HBM: "
-           f"{worst['arguments_gib']:.2f} GiB of arguments (parameters, optimizer state, batch) "
-           f"and {worst['temporaries_gib']:.2f} GiB of temporaries. Try:"]
-  if worst["temporaries_gib"] > worst["arguments_gib"]:
-    if config.model.remat == "none":
-      loop = " --config.model.scan_unroll=1" if config.model.scan_unroll > 1 else ""
-      lines.append(f"  --config.model.remat=dots_no_batch{loop} (or remat=full): recompute "
-                   "activations in the backward pass instead of keeping them (remat needs the "
-                   "layer loop)")
-    lines.append(f"  --config.grad_accum_steps={2 * config.grad_accum_steps}: the same batch in "
-                 "micro-batches, about half the activation memory")
-    lines.append(f"  --config.batch_size={config.batch_size // 2}: half the rows per step")
-  if report["mesh"]["fsdp"] == 1 and report["devices"] > 1:
-    lines.append(f"  --config.mesh.fsdp={report['devices']} --config.mesh.data=1: shard "
-                 "parameters and optimizer state over the devices instead of replicating them")
-  return "\n".join(lines)
-
-
-def _tera(flops: float | None) -> str:
-  return "n/a" if flops is None else f"{flops / 1e12:.3f}"
-
-
-def format_report(report: dict[str, Any]) -> str:
-  head = (f"{report['target']} ({report['topology']}, {report['devices']} devices, "
-          f"{report['hbm_per_device_gib']:g} GiB each), mesh {report['mesh']}, "
-          f"{report['num_params']:,} parameters, attention {report['attention']}")
-  rows = ["| step | compile s | arguments GiB | temporaries GiB | peak GiB | fits | "
-          "compiler TFLOP/device |", "|---|---|---|---|---|---|---|"]
-  for name, s in report["steps"].items():
-    rows.append(f"| {name} | {s['compile_s']:.1f} | {s['arguments_gib']:.2f} | "
-                f"{s['temporaries_gib']:.2f} | {s['peak_memory_per_device_gib']:.2f} | "
-                f"{'yes' if s['fits'] else 'NO'} | {_tera(s['flops'])} |")
-  lines = [head, *rows, f"train step TFLOP, all devices: model {_tera(report['model_flops_per_step'])}"
-           f", compiler {_tera(report['flops_per_step'])}"]
-  if report["est_step_s"]:
-    lower_bound = " (a lower bound: some kernels are unpriced)" if report[
-        "unpriced_custom_calls"] else ""
-    lines.append(f"estimated (libtpu cost model, {report['estimated_from']}): step "
-                 f"{1e3 * report['est_step_s']:.2f} ms{lower_bound}, "
-                 f"{report['est_tokens_per_s']:,.0f} tokens/s, MFU {report['est_mfu']:.2f}")
-  elif report["target"].startswith(("h1", "h2", "a1")):
-    lines.append("no time estimate: XLA's GPU cost analysis has no time model")
-  if report["unpriced_custom_calls"]:
-    lines.append(f"unpriced kernels: {', '.join(report['unpriced_custom_calls'])}")
-  return "\n".join(lines)
 
 
 def main(argv) -> None:
