@@ -20,7 +20,7 @@ def get_config(arg=None):
   c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/splash.py).
   # The layer stacks unrolled: on v5p-8 the step holds 2.2 GiB of temporaries per chip against
   # 3.8 GiB under a layer loop (whose stacked residuals XLA cannot recompute), and the cost
-  # model prices it as compiled; it compiles in ~2.5 minutes instead of ~1 on a 2-core host
+  # model prices it as compiled; it compiles about three times slower than the loop
   # (benchmarks/README.md). Remat needs the loop: set model.scan_unroll=1 with model.remat.
   c.model.scan_unroll = 6
   # Plain autodiff of the loss and the tied projection: on v5p-8 the TPU compiler gives it

@@ -5,7 +5,10 @@ Causality (the future never leaks), padding (padded source tokens are invisible)
 its examples run alone), and the paper's parameter counts.
 """
 
+import contextlib
 import dataclasses
+import io
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from xformer import model as model_lib
-from xformer import layers, positional, tasks, variants
+from xformer import layers, masks, positional, tasks, variants
 
 ENCODINGS = ["none", "sinusoidal", "learned", "rope", "alibi", "t5_bias", "xpos", "fire",
              "kerple_log"]
@@ -315,10 +318,6 @@ def test_a_layer_keeps_only_lean_residuals_for_its_backward_pass():
   of its own): in bfloat16 compute no float32 copy of the activations (LayerNorm recomputes its
   statistics), dropout keeps a boolean mask and no zero array, and the FFN keeps its hidden
   layer once (relu is differentiated from its output, which W2's gradient needs anyway)."""
-  import contextlib  # pylint: disable=import-outside-toplevel
-  import io  # pylint: disable=import-outside-toplevel
-  import re  # pylint: disable=import-outside-toplevel
-  from xformer import masks  # pylint: disable=import-outside-toplevel
   b, t, d, f = 2, 24, 64, 96  # (No weight or attention array has b*t*d or b*t*f elements.)
   cfg = variants.variant("tiny", vocab_size=50, d_model=d, d_ff=f, num_heads=2, dtype="bfloat16",
                          dropout=0.1)

@@ -258,6 +258,8 @@ class FeedForward(nn.Module):
     h = act(dense(self.d_ff, (EMBED, MLP), name="wi", **kw)(x))  # [B*T, F]
     if gated:
       h = h * dense(self.d_ff, (EMBED, MLP), name="wi_up", **kw)(x)  # [B*T, F]
-    if self.dropout_rate and not deterministic:  # (Masks drawn as [B, T, F], as always.)
+    # Masks drawn as [B, T, F], as always. The guard is not Dropout's own check twice: without
+    # it the reshapes around a no-op dropout leave W2's gradient a second copy of h to keep.
+    if self.dropout_rate and not deterministic:
       h = Dropout(self.dropout_rate)(h.reshape(*lead, -1), deterministic).reshape(h.shape)
     return dense(d_model, (MLP, EMBED), name="wo", **kw)(h).reshape(*lead, d_model)  # [B, T, D]
