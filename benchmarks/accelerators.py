@@ -20,13 +20,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from xformer import platforms  # noqa: E402
+from xformer.runtime import platforms  # noqa: E402
 
 platforms.compile_only_environment("v5p-8")
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
-from xformer import compile as compile_lib  # noqa: E402  pylint: disable=wrong-import-position
+
 from xformer import config_lib  # noqa: E402  pylint: disable=wrong-import-position
+from xformer.targets import compiler as compile_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 LM_100M = ["model.variant=lm_100m", "data.max_target_len=2048", "model.max_len=2048",
            "tokenizer.vocab_size=32000", "batch_size=32", "eval_batch_size=32",

@@ -23,9 +23,11 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
-from xformer import decode, host_memory, variants  # noqa: E402
 from xformer import model as model_lib  # noqa: E402
 from xformer.data.tokenizer import EOS_ID  # noqa: E402
+from xformer.model import config as model_config  # noqa: E402
+from xformer.model import decode  # noqa: E402
+from xformer.runtime import host_memory  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,7 +52,7 @@ def parse_args(argv=None):
 
 
 def build(args):
-  cfg = variants.variant("base", vocab_size=args.vocab, d_model=args.d_model,
+  cfg = model_config.variant("base", vocab_size=args.vocab, d_model=args.d_model,
                          num_heads=args.heads, d_ff=args.d_ff, num_encoder_layers=args.layers,
                          num_decoder_layers=args.layers, posemb=args.posemb, dropout=0.0,
                          max_len=max(int(x) for x in args.lengths.split(",")),

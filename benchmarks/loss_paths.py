@@ -24,7 +24,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
-from xformer import config_lib, host_memory, train  # noqa: E402
+
+from xformer import config_lib, train  # noqa: E402
+from xformer.runtime import host_memory  # noqa: E402
 
 VARIANTS = {"fused": ["fused_loss=True", "model.fused_output=True"],
             "autodiff": ["fused_loss=False", "model.fused_output=False"]}

@@ -26,10 +26,13 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
+
 from xformer import model as model_lib  # noqa: E402
 from xformer import tasks  # noqa: E402
 from xformer.data import pipeline  # noqa: E402
-from xformer import host_memory, steps, variants  # noqa: E402
+from xformer.model import config as model_config  # noqa: E402
+from xformer.runtime import host_memory  # noqa: E402
+from xformer.training import steps  # noqa: E402
 
 
 def compiled_step(cfg, task: str, batch: int, seq: int, loss_chunk: int = 0):
@@ -73,7 +76,7 @@ def main(argv=None):
   if args.unrolled:
     runs.append(("none", 0, args.layers))
   for policy, chunk, unroll in runs:
-    cfg = variants.variant("base", vocab_size=args.vocab, d_model=args.d_model,
+    cfg = model_config.variant("base", vocab_size=args.vocab, d_model=args.d_model,
                            num_heads=args.heads, d_ff=args.d_ff, num_encoder_layers=args.layers,
                            num_decoder_layers=args.layers, max_len=args.seq, remat=policy,
                            scan_unroll=unroll)

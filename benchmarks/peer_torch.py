@@ -34,8 +34,16 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
+
 from xformer import model as model_lib  # noqa: E402
-from xformer import flops as flops_lib, host_memory, optim, steps, tasks, variants  # noqa: E402
+from xformer import tasks  # noqa: E402
+from xformer.model import config as model_config  # noqa: E402
+from xformer.runtime import host_memory  # noqa: E402
+from xformer.targets import flops as flops_lib  # noqa: E402
+from xformer.training import (
+  optim,  # noqa: E402
+  steps,  # noqa: E402
+)
 
 SIZES = {  # name: (d_model, heads, d_ff, layers each side, batch, length)
     "d256-3+3-B16": (256, 4, 1024, 3, 16, 64),
@@ -50,7 +58,7 @@ def torch_peak_tflops(n: int = 2048) -> float:
 
 
 def config(d, heads, ff, layers, vocab):
-  return variants.variant("base", vocab_size=vocab, d_model=d, num_heads=heads, d_ff=ff,
+  return model_config.variant("base", vocab_size=vocab, d_model=d, num_heads=heads, d_ff=ff,
                           num_encoder_layers=layers, num_decoder_layers=layers, dropout=0.0,
                           posemb="sinusoidal", scan_unroll=layers)
 

@@ -36,8 +36,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
-from xformer import host_memory  # noqa: E402
+
 from xformer import config_lib, train  # noqa: E402
+from xformer.runtime import host_memory  # noqa: E402
 
 # Wrappers, not ops: their time is their children's (or waiting).
 _NOT_OPS = ("ThunkExecutor", "SlinkyThreadPool", "end: ")

@@ -27,7 +27,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from xformer import platforms  # noqa: E402
+from xformer.runtime import platforms  # noqa: E402
 
 # First match wins: op_name fragments -> what they belong to.
 GROUPS = (("attention", r"attention"), ("feed-forward", r"/ffn/"),
@@ -81,8 +81,8 @@ def main(argv=None):
   p.add_argument("--top", type=int, default=15, help="Largest single instructions to list.")
   args = p.parse_args(argv)
   platforms.compile_only_environment(args.target)
-  from xformer import compile as compile_lib  # pylint: disable=import-outside-toplevel
   from xformer import config_lib, targets  # pylint: disable=import-outside-toplevel
+  from xformer.targets import compiler as compile_lib  # pylint: disable=import-outside-toplevel
   config = config_lib.load_file(args.config, None, args.set)
   target = targets.parse(args.target)
   run = compile_lib.build_run(config, target)

@@ -8,7 +8,7 @@ Each (config, encoding) pair builds the real run (`xformer.run.Run`: data pipeli
 jitted train step) and times `--steps` steps on real batches after a compile step and `--warmup`
 more (on CPU the first steps after compiling run up to 2x slower while the heap grows). Real tokens
 are target tokens (plus source tokens for translation) that are not padding; slots count
-padding too. MFU = model FLOPs per step (xformer/flops.py, computed on slots) / step time /
+padding too. MFU = model FLOPs per step (xformer/targets/flops.py, computed on slots) / step time /
 peak FLOP/s. Peak: --peak_tflops, else a known figure for the device, else measured here as the
 best of a few large float32 matmuls ("achievable" peak, so CPU MFU is relative to that).
 """
@@ -27,16 +27,22 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import common  # noqa: E402
-from xformer import host_memory, positional  # noqa: E402
-from xformer import config_lib, flops as flops_lib, targets, train  # noqa: E402
 
+from xformer import (  # noqa: E402
+  config_lib,
+  positional,  # noqa: E402
+  targets,
+  train,
+)
+from xformer.runtime import host_memory  # noqa: E402
+from xformer.targets import flops as flops_lib  # noqa: E402
 
 
 def peak_tflops(args) -> tuple[float, str]:
   if args.peak_tflops > 0:
     return args.peak_tflops, "given"
   kind = jax.devices()[0].device_kind
-  chip = targets.chip_of_device_kind(kind)  # The one peak table (xformer/targets.py).
+  chip = targets.chip_of_device_kind(kind)  # The one peak table (xformer/targets/catalog.py).
   if chip is not None:
     return chip.peak_tflops * len(jax.devices()), f"{kind} spec"
   return common.measured_peak_tflops(), "measured f32 matmul"

@@ -12,7 +12,7 @@ def get_config(arg=None):
   c.model = config_lib.model_section(args["variant"], args["posemb"], norm="pre",
                                      activation="gelu", max_len=512)
   c.model.dtype = "bfloat16"
-  c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/splash.py).
+  c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/model/splash.py).
   # Plain autodiff of the loss and tied projection: the TPU compiler prefers it here too
   # (v5p-8: 1.8 GiB fewer temporaries per device; benchmarks/README.md, "The loss paths on TPU").
   c.fused_loss = False

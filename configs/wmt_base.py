@@ -17,7 +17,7 @@ def get_config(arg=None):
   # position table must have a row for each).
   c.model = config_lib.model_section(args["variant"], args["posemb"], max_len=306)
   c.model.dtype = "bfloat16"
-  c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/splash.py).
+  c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/model/splash.py).
   # The layer stacks unrolled: on v5p-8 the step holds 2.2 GiB of temporaries per chip against
   # 3.8 GiB under a layer loop (whose stacked residuals XLA cannot recompute), and the cost
   # model prices it as compiled; it compiles about three times slower than the loop

@@ -8,7 +8,7 @@ cut into windows of 1x, 2x, 4x and 8x L tokens, and per position bucket inside t
 windows (n/a past a learned table). `--rope_scaling=yarn` (or linear, ntk) reads a RoPE run
 trained without scaling with it, at factor k for the k x L windows. Translation: greedy BLEU and exact match on `test` (lengths
 seen in training) and `test_long` (longer sources than any training sentence).
-The arithmetic lives in xformer/extrapolation.py; this script applies it to a loaded run.
+The arithmetic lives in xformer/evaluation/extrapolation.py; this script applies it to a loaded run.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from xformer import bundle as bundle_lib  # noqa: E402
-from xformer import bleu, extrapolation  # noqa: E402
 from xformer.data import datasets  # noqa: E402
 from xformer.data.tokenizer import BOS_ID, EOS_ID  # noqa: E402
+from xformer.evaluation import (
+  bleu,  # noqa: E402
+  extrapolation,  # noqa: E402
+)
+from xformer.workdir import bundle as bundle_lib  # noqa: E402
 
 
 def _logits_fn(b: bundle_lib.Bundle, rope_scaling: str | None, factor: int):

@@ -38,8 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import length_generalization as lengths  # noqa: E402
 import sweep_plots  # noqa: E402
-from xformer import bundle as bundle_lib  # noqa: E402
-from xformer import config_lib, decode, metric_writer, positional, tasks  # noqa: E402
+
+from xformer import config_lib, positional, tasks  # noqa: E402
+from xformer.model import decode  # noqa: E402
+from xformer.runtime import metric_writer  # noqa: E402
+from xformer.workdir import bundle as bundle_lib  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +98,7 @@ def _device_env(platform: str, slot: int, parallel: int) -> dict[str, str]:
 
 
 def _default_parallel() -> tuple[int, str]:
-  from xformer import platforms  # noqa: PLC0415  (starts no backend on a CPU host)
+  from xformer.runtime import platforms  # noqa: PLC0415  (starts no backend on a CPU host)
   if platforms.cpu_only():
     return 1, "cpu"
   import jax  # noqa: PLC0415

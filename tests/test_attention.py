@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xformer import masks
-from xformer.attention import MultiHeadAttention
+from xformer.model import masks
+from xformer.model.attention import MultiHeadAttention
 
 
 def numpy_mha(params, x_q, x_kv, mask, bias):
@@ -72,7 +72,7 @@ def test_projection_weights_are_created_as_dense_layers_created_them():
   """Attention multiplies its weights itself (fused q/k/v products); `layers.Kernel` must give
   the parameters a dense layer gave (same path, initial values and logical axes), so a seed
   trains the same model as before and old checkpoints keep their meaning."""
-  from xformer import layers  # pylint: disable=import-outside-toplevel
+  from xformer.model import layers  # pylint: disable=import-outside-toplevel
   axes = (layers.EMBED, layers.HEADS, layers.KV)
 
   class Dense(nn.Module):

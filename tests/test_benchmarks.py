@@ -1,4 +1,4 @@
-"""The MFU formula (xformer/flops.py) against XLA's own count of the compiled forward pass."""
+"""The MFU formula (xformer/targets/flops.py) against XLA's own count of the compiled forward pass."""
 
 import os
 import sys
@@ -9,14 +9,15 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
-from xformer import flops  # noqa: E402  pylint: disable=wrong-import-position
 from xformer import model as model_lib  # noqa: E402  pylint: disable=wrong-import-position
-from xformer import tasks, variants  # noqa: E402  pylint: disable=wrong-import-position
+from xformer import tasks  # noqa: E402  pylint: disable=wrong-import-position
+from xformer.model import config as model_config  # noqa: E402  pylint: disable=wrong-import-position
+from xformer.targets import flops  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.mark.parametrize("task", ["lm", "translation"])
 def test_forward_flops_match_xla_cost_analysis(task):
-  cfg = variants.variant("base", vocab_size=2048, d_model=256, num_heads=4, d_ff=1024,
+  cfg = model_config.variant("base", vocab_size=2048, d_model=256, num_heads=4, d_ff=1024,
                          num_encoder_layers=1, num_decoder_layers=1, posemb="sinusoidal")
   # One layer per stack: XLA's cost analysis counts a scanned (while-loop) body once.
   model = tasks.get(task).build_model(cfg)

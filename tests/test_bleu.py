@@ -2,7 +2,7 @@
 
 import sacrebleu
 
-from xformer import bleu
+from xformer.evaluation import bleu
 
 
 def test_tokenized_bleu_splits_compounds_and_punctuation_like_tensor2tensor():

@@ -7,15 +7,18 @@ import subprocess
 import sys
 import warnings
 
+from conftest import small_config
 import jax
 import numpy as np
 import pytest
 
 import xformer
-from conftest import small_config
-from xformer import bundle, errors, steps, train, viz
-from xformer.checkpoint import Checkpointer
+from xformer import errors, train
 from xformer.data import pipeline
+from xformer.evaluation import viz
+from xformer.training import steps
+from xformer.workdir import bundle
+from xformer.workdir.checkpoint import Checkpointer
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 SOURCES = ["the poet sings .", "a quiet castle paints the mirror today .", "she thanks a poet ."]
@@ -169,7 +172,8 @@ def test_bad_paths_say_what_is_wrong(tmp_path):
 
 def test_a_run_records_its_versions_and_load_warns_when_they_differ(sharded_run, monkeypatch):
   from etils import epath  # noqa: PLC0415
-  from xformer import provenance  # noqa: PLC0415
+
+  from xformer.workdir import provenance  # noqa: PLC0415
   starts = [json.loads(line) for line in
             (epath.Path(sharded_run) / "environment.jsonl").read_text().splitlines()]
   assert starts[0]["packages"]["jax"] == jax.__version__

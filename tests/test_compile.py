@@ -15,13 +15,16 @@ import jax
 import numpy as np
 import pytest
 
-from xformer import platforms
+from xformer.runtime import platforms
 
 platforms.compile_only_environment("v5p-8")  # Before libtpu is first loaded (quiet, no MDS).
 
 # pylint: disable=wrong-import-position
-from xformer import compile as compile_lib
-from xformer import config_lib, errors, flops, positional, sharding, targets
+from xformer import config_lib, errors, positional, targets
+from xformer.runtime import sharding
+from xformer.targets import compiler as compile_lib
+from xformer.targets import flops
+
 
 @pytest.fixture(autouse=True)
 def _training_matmul_precision():

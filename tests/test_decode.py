@@ -7,13 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xformer import decode, variants
 from xformer import model as model_lib
 from xformer.data.tokenizer import BOS_ID, EOS_ID
+from xformer.model import config as model_config
+from xformer.model import decode
 
 
 def _model(vocab, posemb="rope", seed=0):
-  cfg = variants.variant("tiny", vocab_size=vocab, d_model=32, num_heads=2, d_ff=64,
+  cfg = model_config.variant("tiny", vocab_size=vocab, d_model=32, num_heads=2, d_ff=64,
                          num_encoder_layers=1, num_decoder_layers=2, posemb=posemb, dropout=0.0)
   model = model_lib.Transformer(cfg)
   params = model_lib.init_params(model, jax.random.key(seed))
@@ -107,7 +108,7 @@ def test_cross_attention_keys_and_values_are_projected_once_per_sequence():
 
 
 def masks_of(src):
-  from xformer import masks  # pylint: disable=import-outside-toplevel
+  from xformer.model import masks  # pylint: disable=import-outside-toplevel
   return masks.segments_from_tokens(src)
 
 
@@ -135,7 +136,7 @@ def test_full_width_beam_finds_the_exhaustive_best():
 
 
 def test_top_k_one_sampling_equals_greedy_and_is_seeded():
-  cfg = variants.variant("tiny", vocab_size=30, d_model=32, num_heads=2, d_ff=64,
+  cfg = model_config.variant("tiny", vocab_size=30, d_model=32, num_heads=2, d_ff=64,
                          num_decoder_layers=2, posemb="t5_bias", dropout=0.0)
   model = model_lib.DecoderOnlyLM(cfg)
   params = model_lib.init_params(model, jax.random.key(0))

@@ -13,7 +13,8 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 import pe_sweep  # noqa: E402  pylint: disable=wrong-import-position
-from xformer import extrapolation  # noqa: E402  pylint: disable=wrong-import-position
+
+from xformer.evaluation import extrapolation  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def test_bucket_perplexity_and_windows():

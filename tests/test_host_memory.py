@@ -1,14 +1,14 @@
 """The glibc malloc re-exec of the command-line entry points (xformer.host_memory)."""
 
 import os
-import shutil
 import platform
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from xformer import host_memory
+from xformer.runtime import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

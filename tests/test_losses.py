@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xformer import losses
+from xformer.training import losses
 
 
 def _numpy_sums(logits, targets, weights, eps):
@@ -85,6 +85,7 @@ def test_training_step_is_the_same_with_the_reference_loss_and_projection(small_
   """config.fused_loss / model.fused_output only change how gradients are computed: a train
   step (loss, gradient norm, updated parameters) equals the plain-autodiff one."""
   from conftest import small_config  # pylint: disable=import-outside-toplevel
+
   from xformer import train  # pylint: disable=import-outside-toplevel
   results = []
   for fused in (True, False):

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from xformer import model as model_lib
-from xformer import layers, masks, positional, tasks, variants
+from xformer import positional, tasks
+from xformer.model import config as model_config
+from xformer.model import layers, masks
 
 ENCODINGS = ["none", "sinusoidal", "learned", "rope", "alibi", "t5_bias", "xpos", "fire",
              "kerple_log"]
@@ -24,7 +26,7 @@ assert set(ENCODINGS) <= set(positional.names())
 
 
 def _cfg(posemb, **kw):
-  return variants.variant("tiny", vocab_size=32, d_model=32, num_heads=4, d_ff=64,
+  return model_config.variant("tiny", vocab_size=32, d_model=32, num_heads=4, d_ff=64,
                           num_encoder_layers=2, num_decoder_layers=2, posemb=posemb, max_len=16,
                           **kw)
 
@@ -136,7 +138,7 @@ def _num_params(cfg):
 
 @pytest.mark.parametrize("name, paper", [("base", 65e6), ("big", 213e6)])
 def test_parameter_counts_match_the_paper(name, paper):
-  count = _num_params(variants.variant(name, vocab_size=37_000))
+  count = _num_params(model_config.variant(name, vocab_size=37_000))
   assert abs(count - paper) / paper < 0.05, f"{name}: {count:,} parameters vs {paper:,.0f}"
 
 
@@ -212,23 +214,23 @@ def test_bf16_compute_stays_close_to_fp32(posemb):
 
 def test_bad_model_config_fails_before_compiling():
   with pytest.raises(ValueError, match="not divisible by model.num_heads"):
-    variants.variant("tiny", d_model=30)
+    model_config.variant("tiny", d_model=30)
   with pytest.raises(ValueError, match="choose one of"):
-    variants.variant("tiny", norm="middle")
+    model_config.variant("tiny", norm="middle")
   with pytest.raises(ValueError, match="scan_unroll must be an int >= 1"):
-    variants.variant("tiny", scan_unroll=0)
+    model_config.variant("tiny", scan_unroll=0)
   with pytest.raises(ValueError, match="needs the layer loop"):
-    variants.variant("tiny", scan_unroll=2, remat="full")
+    model_config.variant("tiny", scan_unroll=2, remat="full")
   with pytest.raises(ValueError, match="model.variant='huge' is not valid; choose one of "
                                        r"\['tiny', 'mini', 'small', 'base', 'big'"):
-    variants.variant("huge")
+    model_config.variant("huge")
 
 
 @pytest.mark.parametrize("kind", ["translation", "lm"])
 def test_length_based_attention_equals_dense_masks(kind):
   """attention_impl="xla_lengths" gives the kernel what cuDNN gets (causal flag, row lengths,
   no mask); on unpacked padded rows it must equal the dense-mask model, weights path too."""
-  cfg = variants.variant("tiny", vocab_size=50, d_model=32, num_heads=4, d_ff=64,
+  cfg = model_config.variant("tiny", vocab_size=50, d_model=32, num_heads=4, d_ff=64,
                          num_encoder_layers=2, num_decoder_layers=2, posemb="alibi",
                          dropout=0.0)
   dense = tasks.get(kind).build_model(cfg)
@@ -297,7 +299,7 @@ def test_tied_logits_and_gradients_equal_the_einsum(dtype):
 def test_bfloat16_logits_stay_close_and_the_loss_is_float32(fused):
   """model.logits_dtype=bfloat16: logits rounded to bf16 (relative error <= 2^-8 of each), the
   loss computed from them in float32 within 1e-2 of the float32-logits loss."""
-  from xformer import losses  # pylint: disable=import-outside-toplevel
+  from xformer.training import losses  # pylint: disable=import-outside-toplevel
   cfg = _cfg("rope").replace(fused_output=fused)
   f32, b16 = model_lib.Transformer(cfg), model_lib.Transformer(cfg.replace(logits_dtype="bfloat16"))
   params = model_lib.init_params(f32, jax.random.key(0))
@@ -319,7 +321,7 @@ def test_a_layer_keeps_only_lean_residuals_for_its_backward_pass():
   statistics), dropout keeps a boolean mask and no zero array, and the FFN keeps its hidden
   layer once (relu is differentiated from its output, which W2's gradient needs anyway)."""
   b, t, d, f = 2, 24, 64, 96  # (No weight or attention array has b*t*d or b*t*f elements.)
-  cfg = variants.variant("tiny", vocab_size=50, d_model=d, d_ff=f, num_heads=2, dtype="bfloat16",
+  cfg = model_config.variant("tiny", vocab_size=50, d_model=d, d_ff=f, num_heads=2, dtype="bfloat16",
                          dropout=0.1)
   layer = model_lib.EncoderLayer(cfg, None, deterministic=False)
   x = jnp.ones((b, t, d), jnp.bfloat16)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from xformer import model as model_lib
-from xformer import optim, positional, variants
+from xformer import positional
+from xformer.model import config as model_config
+from xformer.training import optim
 
 
 @pytest.mark.parametrize("step_num", [1, 2, 100, 3999, 4000, 4001, 10_000, 100_000])
@@ -43,7 +45,7 @@ def test_adam_updates_are_the_papers_adam():
 def test_embeddings_are_scaled_by_sqrt_d_model_and_tied_to_the_output():
   """Section 3.4: embeddings times sqrt(d_model), plus the encoding; the same matrix projects
   back to logits. With no layers, an LM's logits are exactly that."""
-  cfg = variants.variant("tiny", vocab_size=32, d_model=16, num_heads=2, d_ff=32,
+  cfg = model_config.variant("tiny", vocab_size=32, d_model=16, num_heads=2, d_ff=32,
                          num_encoder_layers=0, num_decoder_layers=0, posemb="sinusoidal",
                          dropout=0.0)
   model = model_lib.DecoderOnlyLM(cfg)

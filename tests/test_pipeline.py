@@ -4,10 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xformer import losses, tasks, variants
 from xformer import model as model_lib
+from xformer import tasks
 from xformer.data import pipeline
 from xformer.data.tokenizer import BOS_ID, EOS_ID
+from xformer.model import config as model_config
+from xformer.training import losses
 
 LENGTHS = pipeline.Lengths(48, 48)
 TRANSLATION = tasks.get("translation")
@@ -107,7 +109,7 @@ def test_eval_batches_cover_the_split_exactly(translation_data):
 
 def test_packed_batch_gives_the_per_example_losses_of_unpacked_examples(translation_data):
   ds, tok = translation_data
-  cfg = variants.variant("tiny", vocab_size=tok.vocab_size, posemb="t5_bias", dropout=0.0)
+  cfg = model_config.variant("tiny", vocab_size=tok.vocab_size, posemb="t5_bias", dropout=0.0)
   model = model_lib.Transformer(cfg)
   params = model_lib.init_params(model, jax.random.key(0))
   it, _ = _iterator(ds, tok, batch_size=2, prefetch=0)

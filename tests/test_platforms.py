@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from xformer import platforms
+from xformer.runtime import platforms
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

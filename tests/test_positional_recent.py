@@ -9,8 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xformer import errors, positional, random_positions, rope_scaling, variants
-from xformer.positional_recent import fire_input, kerple_log_bias, xpos_scale
+from xformer import errors, positional
+from xformer.model import config as model_config
+from xformer.positional import (
+  fire_input,
+  kerple_log_bias,
+  random_positions,
+  rope_scaling,
+  xpos_scale,
+)
 
 
 def _np_rope(x, pos, theta):
@@ -67,11 +74,11 @@ def test_scaled_rope_dot_products_match_numpy_and_stay_relative(scaling):
 
 def test_rope_scaling_arguments_are_validated():
   with pytest.raises(errors.ConfigError, match=r"choose one of \['none', 'linear', 'ntk', 'yarn'"):
-    variants.variant("tiny", posemb="rope", posemb_kw={"scaling": "dynamic"})
+    model_config.variant("tiny", posemb="rope", posemb_kw={"scaling": "dynamic"})
   with pytest.raises(errors.ConfigError, match="needs original_len"):
-    variants.variant("tiny", posemb="rope", posemb_kw={"scaling": "yarn", "factor": 4.0})
+    model_config.variant("tiny", posemb="rope", posemb_kw={"scaling": "yarn", "factor": 4.0})
   with pytest.raises(errors.ConfigError, match="factor must be >= 1"):
-    variants.variant("tiny", posemb="rope", posemb_kw={"scaling": "linear", "factor": 0.5})
+    model_config.variant("tiny", posemb="rope", posemb_kw={"scaling": "linear", "factor": 0.5})
 
 
 def test_xpos_matches_paper_and_decays_with_relative_distance():
@@ -162,8 +169,8 @@ def test_random_positions_are_sorted_subsets_per_segment():
 
 def test_random_positions_validation():
   with pytest.raises(errors.ConfigError, match="reads no positions"):
-    variants.variant("tiny", posemb="none", random_positions=64)
+    model_config.variant("tiny", posemb="none", random_positions=64)
   with pytest.raises(errors.ConfigError, match="raise model.max_len to 512"):
-    variants.variant("tiny", posemb="learned", max_len=256, random_positions=512)
+    model_config.variant("tiny", posemb="learned", max_len=256, random_positions=512)
   with pytest.raises(errors.ConfigError, match="int >= 0"):
-    variants.variant("tiny", random_positions=-1)
+    model_config.variant("tiny", random_positions=-1)

@@ -12,10 +12,13 @@ import subprocess
 import sys
 
 import pytest
-
 import realdata
+
 import xformer
-from xformer import average, config_lib, evaluate, metric_writer, train
+from xformer import config_lib, train
+from xformer.evaluation import evaluator
+from xformer.runtime import metric_writer
+from xformer.workdir import averaging
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SHRINK = ["model.d_model=32", "model.num_heads=2", "model.d_ff=64",
@@ -66,8 +69,8 @@ def test_wmt_base_trains_resumes_evaluates_averages_and_loads(data_dir, tmp_path
   evals = [m for m in metric_writer.read_metrics(workdir) if "validation/bleu" in m]
   assert [m["step"] for m in evals] == [1]  # During training, beam 4 (config.decode).
   averaged = str(tmp_path / "avg")
-  assert average.average_run(workdir, averaged, last=2) == 4
-  report = evaluate.evaluate_workdir(averaged, beam=4, limit=16)
+  assert averaging.average_run(workdir, averaged, last=2) == 4
+  report = evaluator.evaluate_workdir(averaged, beam=4, limit=16)
   assert report["decode"]["beam_size"] == 4 and report["split"] == "test"
   assert {"test/bleu", "test/bleu_tokenized", "test/perplexity"} <= set(report["metrics"])
   assert "tok:13a" in report["sacrebleu_signature"] and os.path.exists(report["path"])

@@ -9,15 +9,16 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import small_config
 import jax
 import numpy as np
 import optax
 import pytest
 
-from conftest import small_config
-from xformer import metric_writer, train
+from xformer import train
 from xformer.data import pipeline
-from xformer.checkpoint import Checkpointer, CheckpointMismatchError, CorruptCheckpointError
+from xformer.runtime import metric_writer
+from xformer.workdir.checkpoint import Checkpointer, CheckpointMismatchError, CorruptCheckpointError
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -51,7 +52,8 @@ def test_kill_9_right_after_an_async_save_loses_nothing(small_files, tmp_path):
       import os, signal, sys
       sys.path.insert(0, {TESTS!r})
       from conftest import small_config
-      from xformer import checkpoint, train
+      from xformer import train
+      from xformer.workdir import checkpoint
       real_save = checkpoint.Checkpointer.save
       def save(self, step, *args, **kwargs):
         started = real_save(self, step, *args, **kwargs)
@@ -345,7 +347,7 @@ def test_sequence_edge_cases_are_counted_and_never_nan(small_files):
 
 def test_several_processes_agree_on_a_stop_only_every_k_steps(monkeypatch):
   # The all-gather that ORs the flag blocks the host: never between every two steps.
-  from xformer import preemption  # pylint: disable=import-outside-toplevel
+  from xformer.runtime import preemption  # pylint: disable=import-outside-toplevel
   gathers = []
   monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
   monkeypatch.setattr(preemption.multihost_utils, "process_allgather",

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xformer import config_lib, errors, masks, splash
-from xformer.attention import attention_weights
+from xformer import config_lib, errors
+from xformer.model import masks, splash
+from xformer.model.attention import attention_weights
 
 T = 128  # One kernel block.
 
@@ -81,7 +82,9 @@ def test_explicit_splash_that_cannot_apply_fails_validation():
 def test_models_with_splash_equal_xla_sharded_over_8_devices(posemb):
   """Packed translation rows through the whole model, as training runs it: logits and gradients
   of splash (per shard: rows over data, heads over tensor) equal XLA attention's."""
-  from xformer import model as model_lib, sharding, variants  # pylint: disable=import-outside-toplevel
+  from xformer import model as model_lib  # pylint: disable=import-outside-toplevel
+  from xformer.model import config as model_config
+  from xformer.runtime import sharding
   mesh = sharding.make_mesh({"data": 4, "fsdp": 1, "tensor": 2})
   rng = np.random.default_rng(3)
   seg = _packed_segments(rng, 8, T)
@@ -91,7 +94,7 @@ def test_models_with_splash_equal_xla_sharded_over_8_devices(posemb):
   tokens = jnp.where(seg > 0, jnp.asarray(rng.integers(3, 50, (8, T))), 0)
   out = {}
   for impl in ("xla", "splash"):
-    cfg = variants.variant("tiny", vocab_size=50, num_heads=2, posemb=posemb, dropout=0.0,
+    cfg = model_config.variant("tiny", vocab_size=50, num_heads=2, posemb=posemb, dropout=0.0,
                            max_len=T, attention_impl=impl)
     model = model_lib.Transformer(cfg)
     params = model_lib.init_params(model, jax.random.key(0))

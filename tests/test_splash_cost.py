@@ -9,16 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xformer import platforms
+from xformer.runtime import platforms
 
 platforms.compile_only_environment("v5p-8")  # Before libtpu is first loaded.
 
 # pylint: disable=wrong-import-position
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from xformer import compile as compile_lib
-from xformer import splash, splash_cost, targets
+from xformer import targets
+from xformer.model import splash, splash_cost
+from xformer.targets import compiler as compile_lib
 
 
 @pytest.mark.parametrize("t,s,bq,bkv", [(1024, 1024, 512, 512), (2048, 2048, 512, 256),

@@ -8,15 +8,15 @@ import os
 import subprocess
 import sys
 
+from conftest import small_config
 import numpy as np
 import pytest
 
 import xformer
-from conftest import small_config
-from xformer import decode, errors, positional, tasks, train
+from xformer import errors, positional, tasks, train
 from xformer.data import pipeline
 from xformer.data.tokenizer import BOS_ID, EOS_ID
-from xformer.model import DecoderOnlyLM
+from xformer.model import DecoderOnlyLM, decode
 from xformer.tasks import base
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")

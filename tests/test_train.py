@@ -9,13 +9,16 @@ import subprocess
 import sys
 import time
 
+from conftest import small_config
 import jax
 import numpy as np
 import pytest
 
-from conftest import small_config
-from xformer import average, config_lib, errors, metric_writer, steps, train
-from xformer.checkpoint import Checkpointer
+from xformer import config_lib, errors, train
+from xformer.runtime import metric_writer
+from xformer.training import steps
+from xformer.workdir import averaging
+from xformer.workdir.checkpoint import Checkpointer
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
@@ -96,7 +99,7 @@ def test_resumed_run_equals_uninterrupted_run(small_files, tmp_path):
 
   # Averaging the last two checkpoints (steps 3 and 6) gives their mean, in a new run dir...
   out = str(tmp_path / "averaged")
-  assert average.average_run(whole, out, last=2) == 6
+  assert averaging.average_run(whole, out, last=2) == 6
   source = Checkpointer(os.path.join(whole, "checkpoints"), read_only=True)
   meta = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
                       source.item_metadata(6, "params"))

@@ -1,10 +1,14 @@
-"""xformer: the Transformer of "Attention Is All You Need" in JAX/Flax, for research."""
+"""xformer: the Transformer of "Attention Is All You Need" in JAX/Flax, for research.
 
-from xformer import positional
-from xformer import tasks
-from xformer import variants
-from xformer.model import DecoderOnlyLM, Transformer, init_cache, init_params
-from xformer.variants import ModelConfig, variant
+Rooms: model/ (the Transformer, attention, decoding), positional/ (encodings by name), data/,
+tasks/ (translation, lm), training/ (a run's steps, loss, optimiser), evaluation/, workdir/
+(checkpoints, the run record, `load`), targets/ (compiling for TPU/GPU), runtime/ (platforms,
+sharding, logs). The spine: main.py -> train.py, with config_lib.py.
+"""
+
+from xformer import model, positional, tasks  # noqa: F401  (the public API)
+from xformer.model import (  # noqa: F401
+    DecoderOnlyLM, ModelConfig, Transformer, init_cache, init_params, variant)
 
 __version__ = "0.1.0"
 
@@ -12,7 +16,7 @@ __version__ = "0.1.0"
 def load(path: str, step: int | None = None, average_last: int = 1):
   """A trained run for a notebook: `xformer.load("runs/default").translate(["..."])`.
 
-  See `xformer.bundle.load` (imported on first use: it pulls in orbax and grain).
+  See `xformer.workdir.bundle.load` (imported on first use: it pulls in orbax and grain).
   """
-  from xformer import bundle  # pylint: disable=import-outside-toplevel
+  from xformer.workdir import bundle  # pylint: disable=import-outside-toplevel
   return bundle.load(path, step=step, average_last=average_last)

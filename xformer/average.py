@@ -7,48 +7,21 @@ complete run directory (checkpoint, config, tokenizer), local or gs://: evaluate
 a notebook, or start another run from it with --config.init_from.
 """
 
-import jax
 from absl import app, flags
-from etils import epath
 
-from xformer import cli, errors
-from xformer.checkpoint import Checkpointer, average_params
+from xformer.runtime import cli
+from xformer.workdir import averaging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to average.")
 _LAST = flags.DEFINE_integer("last", 5, "Number of newest checkpoints to average.")
 _OUT = flags.DEFINE_string("out", None, "New run directory for the averaged checkpoint.")
 flags.mark_flags_as_required(["workdir", "out"])
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
-
-
-def average_run(workdir: str, out: str, last: int = 5) -> int:
-  """Writes the average of `workdir`'s last `last` checkpoints to `out`; returns its step."""
-  source = Checkpointer(str(epath.Path(workdir) / "checkpoints"), read_only=True)
-  newest = source.latest_step()
-  if newest is None:
-    raise errors.UserError(f"No checkpoints in {workdir}.")
-  shapes = lambda item: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),  # noqa
-                                     source.item_metadata(newest, item))
-  params, steps = average_params(source.directory, shapes("params"), last)
-  _, opt_state = source.restore(newest, shapes("params"), shapes("opt_state"), None, None, None)
-  config = source.restore_config(newest)
-  source.close()
-  for name in TOKENIZER_FILES:
-    if (epath.Path(workdir) / name).exists():
-      (epath.Path(out) / name).parent.mkdir(parents=True, exist_ok=True)
-      (epath.Path(workdir) / name).copy(epath.Path(out) / name, overwrite=True)
-  target = Checkpointer(str(epath.Path(out) / "checkpoints"), keep=None, async_save=False)
-  target.save(newest, params, opt_state, None, {**config, "averaged_steps": steps})
-  target.close()
-  print(f"Averaged steps {steps} of {workdir} into {out} (step {newest}).")
-  return newest
-
 
 @cli.user_errors
 def main(argv):
   del argv
-  average_run(_WORKDIR.value, _OUT.value, _LAST.value)
+  averaging.average_run(_WORKDIR.value, _OUT.value, _LAST.value)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ flag that loads it), where `arg` is the text after the colon in
 `--config=configs/default.py:posemb=rope,variant=base`. `validate(config)` runs once per start,
 before any data is read or anything compiled, and returns the `ModelConfig`.
 
-config.model holds `variant` (a size of variants.VARIANTS) and every other ModelConfig field;
+config.model holds `variant` (a size of model.VARIANTS) and every other ModelConfig field;
 its size fields stay None unless set, so the variant decides them. `posemb_kw` holds one entry
 per registered encoding with that encoding's arguments at their defaults, so that
 `--config.model.posemb=rope --config.model.posemb_kw.rope.base=500` is typed and typo-checked.
@@ -22,8 +22,11 @@ from typing import Any, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from xformer import decode, errors, optim, positional, profiling, splash, tasks, variants
+from xformer import errors, positional, tasks
 from xformer.data import datasets, pipeline, text_files, tokenizer
+from xformer import model
+from xformer.model import decode, splash
+from xformer.training import optim, profiling
 
 VERSION = 2  # Of the config layout; 1: model.posemb_kw flat, sizes explicit (before Tasks).
 NAN_POLICIES = ("fail", "skip")
@@ -75,8 +78,8 @@ def model_section(variant: str, posemb: str, **fields: Any) -> ml_collections.Co
   size fields None (the variant's) unless given in `fields`."""
   section = ml_collections.ConfigDict()
   section.variant = variant
-  for f in dataclasses.fields(variants.ModelConfig):
-    if f.name in variants.SIZE_FIELDS:
+  for f in dataclasses.fields(model.ModelConfig):
+    if f.name in model.SIZE_FIELDS:
       section[f.name] = config_dict.placeholder(_SIZE_TYPES.get(f.name, int))
     elif f.name == "head_dim":
       section[f.name] = config_dict.placeholder(int)
@@ -141,7 +144,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.restore_step = -1  # Resume from this step instead of the latest (-1).
   c.nan_policy = "fail"
   c.max_consecutive_skips = 5
-  # Drills: make steps fail on purpose (NaN loss, gradient spike); see xformer/faults.py.
+  # Drills: make steps fail on purpose (NaN loss, gradient spike); see xformer/training/faults.py.
   c.faults = ml_collections.ConfigDict(dict(nan_at_step=-1, nan_steps=1, spike_at_step=-1,
                                             spike=1e6))
   c.log_every_steps = 50
@@ -155,16 +158,16 @@ def common(task: str) -> ml_collections.ConfigDict:
   return c
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> variants.ModelConfig:
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model.ModelConfig:
   """The ModelConfig of config.model (sizes from its variant) with vocabulary `vocab_size`."""
   section = config.model.to_dict()
   fields = {k: v for k, v in section.items() if k not in ("variant", "posemb_kw")
-            and not (k in variants.SIZE_FIELDS and v is None)}
+            and not (k in model.SIZE_FIELDS and v is None)}
   kwargs = section["posemb_kw"].get(section["posemb"], {})
-  return variants.variant(section["variant"], vocab_size=vocab_size, posemb_kw=kwargs, **fields)
+  return model.variant(section["variant"], vocab_size=vocab_size, posemb_kw=kwargs, **fields)
 
 
-def validate(config: ml_collections.ConfigDict) -> variants.ModelConfig:
+def validate(config: ml_collections.ConfigDict) -> model.ModelConfig:
   """Every check that needs no data, no devices and no compile; returns the ModelConfig (with
   the requested vocabulary size until the tokenizer gives the real one). Raises ConfigError or
   UnknownNameError with the fix."""
@@ -192,7 +195,7 @@ def validate(config: ml_collections.ConfigDict) -> variants.ModelConfig:
   return cfg
 
 
-def _check_lengths(config, task, cfg: variants.ModelConfig) -> None:
+def _check_lengths(config, task, cfg: model.ModelConfig) -> None:
   settings = decode.Settings(**config.decode)
   longest = task.longest_position(config.data, settings)
   if positional.get(cfg.posemb).LIMITED_TO_MAX_LEN and longest > cfg.max_len:

@@ -1,153 +1,40 @@
-"""Evaluation of a run, and the command that evaluates a finished one.
+"""Evaluate a finished run: loss, perplexity and the task's metrics over a split.
 
   python -m xformer.evaluate --workdir=runs/wmt_base --average_last=5 --split=test --beam=4
 
-One module for training's periodic evaluation, this command and notebooks: loss and perplexity
-over a split, plus the task's own metrics (translation: sacreBLEU with its signature and the
-tokenized BLEU papers report; LM with --thorough: perplexity past the trained length). The
-command prints them and writes them as JSON into the workdir.
+Prints the metrics and writes them as JSON into the workdir (xformer/evaluation/evaluator.py).
 """
 
-from __future__ import annotations
+from absl import app, flags
 
-import dataclasses
-import json
-import math
-from typing import Any, Callable, Iterable
+from xformer.evaluation import evaluator
+from xformer.runtime import cli, host_memory
 
-import jax
-import numpy as np
-
-from xformer import bleu, decode
-
-
-@dataclasses.dataclass
-class Context:
-  """What evaluating a split needs: the run (model, mesh, jitted steps), its inputs (dataset,
-  tokenizer), how to decode, and the rows per batch (a multiple of the batch devices)."""
-
-  run: Any
-  inputs: Any
-  decode: decode.Settings
-  batch_size: int
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (or one checkpoint step dir).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_AVERAGE = flags.DEFINE_integer("average_last", 1, "Average this many newest checkpoints "
+                                "(paper: 5).")
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's test split).")
+_BEAM = flags.DEFINE_integer("beam", None, "Beam size (default: the run's config.decode.beam_size).")
+_ALPHA = flags.DEFINE_float("alpha", None, "Length penalty (default: the run's, 0.6).")
+_MAX_EXTRA = flags.DEFINE_integer("max_extra", None, "Output up to this many tokens past the "
+                                  "source.")
+_LIMIT = flags.DEFINE_integer("limit", 0, "Only the first N examples (0: all).")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Where the dataset is (default: the run's "
+                                "data_dir).")
+flags.mark_flag_as_required("workdir")
 
 
-def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
-  """Token sums -> per-token loss, perplexity and accuracy."""
-  weight = max(float(sums["weight"]), 1.0)
-  nll = float(sums["nll"]) / weight
-  return {f"{prefix}/loss": float(sums["loss"]) / weight, f"{prefix}/nll": nll,
-          f"{prefix}/perplexity": math.exp(min(nll, 50.0)),
-          f"{prefix}/accuracy": float(sums["correct"]) / weight,
-          f"{prefix}/tokens": float(sums["weight"])}
-
-
-def accumulate(batches: Iterable[dict[str, np.ndarray]],
-               eval_fn: Callable[[dict[str, np.ndarray]], dict[str, Any]]) -> dict[str, float]:
-  """Sums eval_fn's token sums over batches."""
-  total: dict[str, float] = {}
-  for batch in batches:
-    for k, v in jax.device_get(eval_fn(batch)).items():
-      total[k] = total.get(k, 0.0) + float(v)
-  return total
-
-
-def evaluate(ctx: Context, params: Any, split: str, *, loss_limit: int | None,
-             metric_limit: int | None, num_samples: int = 0,
-             thorough: bool = False) -> dict[str, float]:
-  """Loss and perplexity over `split` (its first loss_limit examples; 0/None: all), and the
-  task's metrics over its first metric_limit (-1: none) examples."""
-  batches = ctx.inputs.eval_batches(split, loss_limit)
-  sums = accumulate((ctx.run.put_batch(b) for b in batches),
-                    lambda b: ctx.run.p_eval_step(params, b))
-  metrics = summarize(sums, split)
-  if metric_limit != -1:
-    metrics.update(ctx.run.task.eval_metrics(ctx, params, split, metric_limit or None,
-                                             num_samples=num_samples, thorough=thorough))
-  return metrics
-
-
-def write_json(path: str, payload: dict[str, Any]) -> None:
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  epath.Path(path).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-
-
-def evaluate_workdir(workdir: str, *, step: int | None = None, average_last: int = 1,
-                     split: str | None = None, limit: int = 0, data_dir: str = "",
-                     beam: int | None = None, alpha: float | None = None,
-                     max_extra: int | None = None) -> dict[str, Any]:
-  """Evaluates a finished (or running) run's checkpoint, averaged over its `average_last`
-  newest, on `split` (default: the config's test split); writes and returns the report.
-
-  `beam`, `alpha` and `max_extra` override the run's config.decode (None: keep it).
-  """
-  from xformer import bundle, record  # pylint: disable=import-outside-toplevel
-  from xformer.data.inputs import Inputs  # pylint: disable=import-outside-toplevel
-  run, _, ckpt, step, workdir = bundle.load_run(workdir, step, devices=jax.local_devices())
-  params, used = bundle.restore_params(run, ckpt, step, average_last)
-  ckpt.close()
-  config = run.config
-  if data_dir:
-    config.data.data_dir = data_dir
-  split = split or config.data.test_split
-  overrides = {"beam_size": beam, "alpha": alpha, "max_extra": max_extra}
-  settings = dataclasses.replace(decode.Settings(**config.decode), **{
-      k: v for k, v in overrides.items() if v is not None})
-  ctx = Context(run, Inputs(config, run.task, workdir), settings, config.eval_batch_size)
-  metrics = evaluate(ctx, params, split, loss_limit=limit, metric_limit=limit, thorough=True)
-  report = {"workdir": workdir, "step": step, "averaged_steps": used, "split": split,
-            "limit": limit or None, "decode": dataclasses.asdict(settings), "metrics": metrics}
-  if f"{split}/bleu" in metrics:
-    report["sacrebleu_signature"] = bleu.sacrebleu_signature()
-  name = f"eval_{split}_step{step}" + (f"_avg{len(used)}" if used else "") + (
-      f"_beam{settings.beam_size}_limit{limit}" if limit else f"_beam{settings.beam_size}")
-  write_json(f"{workdir}/{name}.json", report)
-  report["path"] = f"{workdir}/{name}.json"
-  return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-  lines = [f"{report['workdir']} step {report['step']}"
-           + (f" (average of {report['averaged_steps']})" if report["averaged_steps"] else "")
-           + f", split {report['split']}" + (f", first {report['limit']}" if report["limit"]
-                                            else "") + f", decode {report['decode']}"]
-  for key, value in report["metrics"].items():
-    lines.append(f"  {key:28s} {'n/a' if math.isnan(value) else f'{value:.4f}'}")
-  if "sacrebleu_signature" in report:
-    lines.append(f"  sacreBLEU signature: {report['sacrebleu_signature']}")
-  lines.append(f"written to {report['path']}")
-  return "\n".join(lines)
-
-
-def define_flags() -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string("workdir", None, "Run directory (or one checkpoint step dir).")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-  flags.DEFINE_integer("average_last", 1, "Average this many newest checkpoints (paper: 5).")
-  flags.DEFINE_string("split", None, "Split to evaluate (default: the config's test split).")
-  flags.DEFINE_integer("beam", None, "Beam size (default: the run's config.decode.beam_size).")
-  flags.DEFINE_float("alpha", None, "Length penalty (default: the run's, 0.6).")
-  flags.DEFINE_integer("max_extra", None, "Output up to this many tokens past the source.")
-  flags.DEFINE_integer("limit", 0, "Only the first N examples (0: all).")
-  flags.DEFINE_string("data_dir", "", "Where the dataset is (default: the run's data_dir).")
-  flags.mark_flag_as_required("workdir")
-
-
+@cli.user_errors
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  f = flags.FLAGS
-  report = evaluate_workdir(f.workdir, step=f.step, average_last=f.average_last, split=f.split,
-                            limit=f.limit, data_dir=f.data_dir, beam=f.beam, alpha=f.alpha,
-                            max_extra=f.max_extra)
-  print(format_report(report), flush=True)
+  report = evaluator.evaluate_workdir(
+      _WORKDIR.value, step=_STEP.value, average_last=_AVERAGE.value, split=_SPLIT.value,
+      limit=_LIMIT.value, data_dir=_DATA_DIR.value, beam=_BEAM.value, alpha=_ALPHA.value,
+      max_extra=_MAX_EXTRA.value)
+  print(evaluator.format_report(report), flush=True)
 
 
 if __name__ == "__main__":
-  # The library module (not this __main__ copy) runs, so tasks and the CLI share one module.
-  from absl import app  # pylint: disable=ungrouped-imports
-  from xformer import cli, host_memory
-  from xformer import evaluate as _lib
   host_memory.reexec_with_tunables()
-  _lib.define_flags()
-  app.run(cli.user_errors(_lib.main), flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -10,7 +10,8 @@ ends in one line on stderr and exit status 2; --verbosity=1 shows its traceback.
 from absl import app, flags
 from ml_collections import config_flags
 
-from xformer import cli, host_memory, train
+from xformer import train
+from xformer.runtime import cli, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, tokenizer).")

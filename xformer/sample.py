@@ -9,7 +9,8 @@ samples.
 
 from absl import app, flags
 
-from xformer import bundle, cli, host_memory
+from xformer.runtime import cli, host_memory
+from xformer.workdir import bundle
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (or one checkpoint step dir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")

@@ -9,22 +9,26 @@ from __future__ import annotations
 import math
 import os
 import time
-import zlib
 from typing import Any
+import zlib
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 
-from xformer import (config_lib, decode, errors, evaluate, preemption, profiling, provenance,
-                     record, sharding, tasks)
-from xformer.checkpoint import Checkpointer, CorruptCheckpointError
+from xformer import config_lib, errors, tasks
 from xformer.data import pipeline
 from xformer.data.inputs import Inputs
-from xformer.metric_writer import MetricWriter, Progress, log_line
-from xformer.run import Run
-from xformer.steps import TrainState
+from xformer.evaluation import evaluator
+from xformer.model import decode
+from xformer.runtime import preemption, sharding
+from xformer.runtime.metric_writer import MetricWriter, Progress, log_line
+from xformer.training import profiling
+from xformer.training.run import Run
+from xformer.training.steps import TrainState
+from xformer.workdir import provenance, record
+from xformer.workdir.checkpoint import Checkpointer, CorruptCheckpointError
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -50,7 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter, overlong = inputs.train_iterator()
   state = _restore_or_init(run, ckpt, train_iter)
   first = int(jax.device_get(state.step))
-  ctx = evaluate.Context(run, inputs, decode.Settings(**config.decode), config.eval_batch_size)
+  ctx = evaluator.Context(run, inputs, decode.Settings(**config.decode), config.eval_batch_size)
   writer = MetricWriter(workdir)
   checks = HostChecks(config, writer, ckpt, overlong, Progress(config.num_train_steps, first))
   stop = preemption.StopSignal(every=config.stop_check_every_steps)
@@ -74,7 +78,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if at_save or stopping:
         _save(ckpt, config, state, train_iter)
       if at_eval:
-        _log_eval(writer, step, evaluate.evaluate(
+        _log_eval(writer, step, evaluator.evaluate(
             ctx, state.params, config.data.eval_split, loss_limit=config.eval_examples,
             metric_limit=config.bleu_examples or -1))
       if stopping:
@@ -281,12 +285,12 @@ def _log_eval(writer: MetricWriter, step: int, metrics: dict[str, float]) -> Non
   log_line(f"eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
-def _final_evaluation(ctx: evaluate.Context, config: ml_collections.ConfigDict,
+def _final_evaluation(ctx: evaluator.Context, config: ml_collections.ConfigDict,
                       params: Any) -> dict[str, float]:
   """Loss on the eval split, then loss and the task's metrics (BLEU) on the test split."""
-  final = evaluate.evaluate(ctx, params, config.data.eval_split,
+  final = evaluator.evaluate(ctx, params, config.data.eval_split,
                             loss_limit=config.eval_examples, metric_limit=-1)
-  final.update(evaluate.evaluate(ctx, params, config.data.test_split, loss_limit=None,
+  final.update(evaluator.evaluate(ctx, params, config.data.test_split, loss_limit=None,
                                  metric_limit=config.test_bleu_examples,
                                  num_samples=config.num_samples_to_print))
   return final

@@ -15,9 +15,9 @@ import ml_collections
 import numpy as np
 
 from xformer import errors
-from xformer.metric_writer import log_line
 from xformer.data import datasets, pipeline, token_cache
 from xformer.data import tokenizer as tokenizer_lib
+from xformer.runtime.metric_writer import log_line
 
 
 def tokenizer_for(config: ml_collections.ConfigDict, dataset: datasets.Dataset,

@@ -11,12 +11,14 @@ token-length statistics and a few examples as the model sees them. Training neve
 than this command installed (no TensorFlow).
 """
 
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+import numpy as np
 
-from xformer import cli, config_lib, tasks
-from xformer.data import datasets, inputs as inputs_lib, pipeline
+from xformer import config_lib, tasks
+from xformer.data import datasets, pipeline
+from xformer.data import inputs as inputs_lib
+from xformer.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _NUM = flags.DEFINE_integer("num_examples", 3, "Examples to print.")

@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from xformer import errors
-from xformer.variants import ModelConfig
+from xformer import errors, registry
+from xformer.model.config import ModelConfig
 
 Array = jax.Array
 Batch = dict[str, Any]
@@ -136,3 +136,27 @@ def layer_weights(tree: Any) -> np.ndarray:
   """Attention weights sown under the scanned layer stack, ([L, B, N, T, S],), of the first row:
   [L, N, T, S]."""
   return np.asarray(tree["attention_weights"][0])[:, 0]
+
+
+_REGISTRY: registry.Registry[Task] = registry.Registry("task")
+
+
+def register(name: str):
+  """Class decorator: registers one instance of a `Task` subclass under `name`."""
+
+  def decorator(cls: type[Task]) -> type[Task]:
+    if cls.name != name:
+      raise ValueError(f"{cls.__name__}.name is {cls.name!r} but it is registered as {name!r}.")
+    _REGISTRY.register(name)(cls())
+    return cls
+
+  return decorator
+
+
+def get(name: str) -> Task:
+  """The task registered as `name` (UnknownNameError listing the valid ones otherwise)."""
+  return _REGISTRY.get(name)
+
+
+def names() -> list[str]:
+  return _REGISTRY.names()

@@ -12,10 +12,12 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from xformer import decode, errors, extrapolation
-from xformer.model import DecoderOnlyLM
-from xformer.tasks import base, register
+from xformer import errors
 from xformer.data.tokenizer import BOS_ID, EOS_ID
+from xformer.evaluation import extrapolation
+from xformer.model import DecoderOnlyLM, decode
+from xformer.tasks import base
+from xformer.tasks.base import register
 
 
 @register("lm")

@@ -13,11 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xformer import bleu, decode, errors
-from xformer.metric_writer import log_line
-from xformer.model import Transformer
-from xformer.tasks import base, register
+from xformer import errors
 from xformer.data.tokenizer import BOS_ID, EOS_ID
+from xformer.evaluation import bleu
+from xformer.model import Transformer, decode
+from xformer.runtime.metric_writer import log_line
+from xformer.tasks import base
+from xformer.tasks.base import register
 
 
 @register("translation")

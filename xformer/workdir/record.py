@@ -1,0 +1,99 @@
+"""What a run records about itself, and reading it back in any later code.
+
+Every checkpoint stores the run's config (`to_saved`): the config itself, plus the modules that
+registered its positional encoding and its task when those live outside xformer, so that
+`xformer.load` can import them before rebuilding the model (an encoding defined in a user's
+module would otherwise be unknown in a notebook). `from_saved` reads any saved config back as a
+ConfigDict of today's layout: older layouts are upgraded, keys added since get their defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+from typing import Any
+
+import ml_collections
+
+from xformer import config_lib, errors, positional, tasks
+from xformer.workdir import provenance
+
+_REGISTERED_BY = "registered_by"  # Saved-config key: {"posemb": module, "task": module}.
+_ENVIRONMENT = "environment"  # Saved-config key: provenance.current() of the saving process.
+# Saved keys that are not config fields.
+EXTRA_KEYS = (_REGISTERED_BY, "averaged_steps", _ENVIRONMENT)
+
+
+def to_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as a checkpoint stores it (JSON-able)."""
+  saved = config.to_dict()
+  modules = {"posemb": positional.get(config.model.posemb).__module__,
+             "task": type(tasks.get(config.task)).__module__}
+  saved[_REGISTERED_BY] = {k: m for k, m in modules.items() if not m.startswith("xformer.")}
+  saved[_ENVIRONMENT] = provenance.current()
+  return saved
+
+
+def environment(saved: dict[str, Any]) -> dict[str, Any] | None:
+  """The versions and commit a saved config was written with (None before they were kept)."""
+  return saved.get(_ENVIRONMENT)
+
+
+def import_registrants(saved: dict[str, Any]) -> None:
+  """Imports the user modules that registered the run's encoding and task."""
+  for what, module in saved.get(_REGISTERED_BY, {}).items():
+    name = saved["model"]["posemb"] if what == "posemb" else saved["task"]
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise errors.UnknownNameError(
+          f"This run's {'positional encoding' if what == 'posemb' else 'task'} {name!r} was "
+          f"registered by the module {module!r}, which cannot be imported here ({e}). Put it on "
+          f"the Python path (or `import {module}`) before loading the run.") from e
+
+
+def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config of an older layout, in today's (see config_lib.VERSION)."""
+  saved = copy.deepcopy(saved)
+  if saved.get("version", 1) < 2:
+    model = saved["model"]
+    kwargs = model.get("posemb_kw") or {}
+    if not all(isinstance(v, dict) for v in kwargs.values()) or not kwargs:
+      model["posemb_kw"] = {model["posemb"]: kwargs}  # Flat: the one encoding's arguments.
+    model.pop("src_vocab_size", None)  # One tokenizer serves both sides.
+    if model.get("attention_impl") is None:
+      model["attention_impl"] = "xla"
+    saved["version"] = 2
+  return saved
+
+
+def from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A saved config (checkpoint item `config`) as today's ConfigDict, locked."""
+  import_registrants(saved)
+  saved = upgrade(saved)
+  config = config_lib.common(saved["task"])
+  config.model = config_lib.model_section(saved["model"]["variant"], saved["model"]["posemb"])
+  dropped = _merge(config, {k: v for k, v in saved.items() if k not in EXTRA_KEYS}, "")
+  if dropped:
+    logging.info("Saved config keys no longer used, ignored: %s", dropped)
+  config.lock()
+  return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict[str, Any], prefix: str) -> list[str]:
+  """Writes saved values into config; returns the keys config no longer has."""
+  dropped = []
+  for key, value in saved.items():
+    if key not in config:
+      dropped.append(prefix + key)
+    elif isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
+      if key == "posemb_kw":  # Encodings registered now but not then keep their defaults.
+        for name, kwargs in value.items():
+          known = config[key][name].to_dict() if name in config[key] else {}
+          config[key][name] = {**known, **kwargs}
+      else:
+        dropped += _merge(config[key], value, f"{prefix}{key}.")
+    else:
+      config[key] = value
+  return dropped
