@@ -1,9 +1,9 @@
 """What a run records about itself, and reading it back in any later code.
 
 Every checkpoint stores the run's config (`to_saved`): the config itself, plus the modules that
-registered its positional encoding and its task when those live outside xformer, so that
-`xformer.load` can import them before rebuilding the model (an encoding defined in a user's
-module would otherwise be unknown in a notebook). `from_saved` reads any saved config back as a
+registered its positional encoding and its task, so that `xformer.load` can import them before
+rebuilding the model (an encoding defined in a user's module would otherwise be unknown in a
+notebook). A module of xformer's own that has since moved is found through `MOVED_MODULES`. `from_saved` reads any saved config back as a
 ConfigDict of today's layout: older layouts are upgraded, keys added since get their defaults.
 """
 
@@ -23,6 +23,12 @@ _REGISTERED_BY = "registered_by"  # Saved-config key: {"posemb": module, "task":
 _ENVIRONMENT = "environment"  # Saved-config key: provenance.current() of the saving process.
 # Saved keys that are not config fields.
 EXTRA_KEYS = (_REGISTERED_BY, "averaged_steps", _ENVIRONMENT)
+# xformer's modules that registered encodings or tasks and moved since: old name -> new. Add a
+# line whenever such a module moves; runs record the name of the day they were written.
+MOVED_MODULES = {
+    "xformer.positional_recent": "xformer.positional",  # xpos, fire, kerple_log (flat layout)
+    "xformer.positional_math": "xformer.positional",
+}
 
 
 def to_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -30,7 +36,7 @@ def to_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
   saved = config.to_dict()
   modules = {"posemb": positional.get(config.model.posemb).__module__,
              "task": type(tasks.get(config.task)).__module__}
-  saved[_REGISTERED_BY] = {k: m for k, m in modules.items() if not m.startswith("xformer.")}
+  saved[_REGISTERED_BY] = modules
   saved[_ENVIRONMENT] = provenance.current()
   return saved
 
@@ -43,6 +49,7 @@ def environment(saved: dict[str, Any]) -> dict[str, Any] | None:
 def import_registrants(saved: dict[str, Any]) -> None:
   """Imports the user modules that registered the run's encoding and task."""
   for what, module in saved.get(_REGISTERED_BY, {}).items():
+    module = MOVED_MODULES.get(module, module)
     name = saved["model"]["posemb"] if what == "posemb" else saved["task"]
     try:
       importlib.import_module(module)
