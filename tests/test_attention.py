@@ -32,38 +32,41 @@ def test_matches_numpy_reference(collect_weights):
   x_q = rng.normal(size=(b, t, d)).astype(np.float32)
   x_kv = rng.normal(size=(b, s, d)).astype(np.float32)
   k_segments = jnp.array([[1] * 7, [1] * 4 + [0] * 3])  # Second row: 3 padded keys.
-  mask = np.asarray(masks.attention_mask(jnp.ones((b, t), jnp.int32), k_segments))
+  mask = masks.Mask(jnp.ones((b, t), jnp.int32), k_segments)
   bias = rng.normal(size=(b, n, t, s)).astype(np.float32)
   mha = MultiHeadAttention(num_heads=n, head_dim=d // n)
-  params = nn.unbox(mha.init(jax.random.key(0), x_q, x_kv, mask=mask)["params"])
+  params = nn.unbox(mha.init(jax.random.key(0), x_q, x_kv, mask)["params"])
   mutable = ["intermediates"] if collect_weights else False
-  out = mha.apply({"params": params}, x_q, x_kv, mask=mask, bias=bias, mutable=mutable)
+  out = mha.apply({"params": params}, x_q, x_kv, mask, bias=bias, mutable=mutable)
   if collect_weights:
     out, state = out
     weights = state["intermediates"]["attention_weights"][0]  # [B, N, T, S]
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
     assert float(jnp.abs(weights[1, :, :, 4:]).max()) == 0.0  # Padded keys get no weight.
-  np.testing.assert_allclose(out, numpy_mha(params, x_q, x_kv, mask, bias), atol=1e-4)
+  dense = np.ones((b, 1, t, s), bool)
+  dense[1, :, :, 4:] = False  # Independent of masks.py: the padded keys written out.
+  np.testing.assert_allclose(out, numpy_mha(params, x_q, x_kv, dense, bias), atol=1e-4)
 
 
 def test_fully_masked_rows_stay_finite():
   x = jnp.ones((1, 3, 8))
-  mask = jnp.zeros((1, 1, 3, 3), bool)
+  mask = masks.Mask(jnp.ones((1, 3), jnp.int32), jnp.zeros((1, 3), jnp.int32))  # No real key.
+  assert not mask.dense(3, 3).any()
   mha = MultiHeadAttention(num_heads=2, head_dim=4)
-  params = mha.init(jax.random.key(0), x, x, mask=mask)
-  assert np.isfinite(mha.apply(params, x, x, mask=mask)).all()
-  out, _ = mha.apply(params, x, x, mask=mask, mutable=["intermediates"])
+  params = mha.init(jax.random.key(0), x, x, mask)
+  assert np.isfinite(mha.apply(params, x, x, mask)).all()
+  out, _ = mha.apply(params, x, x, mask, mutable=["intermediates"])
   assert np.isfinite(out).all()
 
 
 def test_attention_dropout_only_in_training():
   x = jax.random.normal(jax.random.key(1), (2, 6, 16))
   mha = MultiHeadAttention(num_heads=4, head_dim=4, dropout_rate=0.5)
-  params = mha.init(jax.random.key(0), x, x, mask=None)
-  eval_a = mha.apply(params, x, x, mask=None)
-  eval_b = mha.apply(params, x, x, mask=None, mutable=["intermediates"])[0]
+  params = mha.init(jax.random.key(0), x, x, None)
+  eval_a = mha.apply(params, x, x, None)
+  eval_b = mha.apply(params, x, x, None, mutable=["intermediates"])[0]
   np.testing.assert_allclose(eval_a, eval_b, atol=1e-5)  # Both kernels agree without dropout.
-  train = mha.apply(params, x, x, mask=None, deterministic=False,
+  train = mha.apply(params, x, x, None, deterministic=False,
                     rngs={"dropout": jax.random.key(2)})
   assert float(jnp.abs(train - eval_a).max()) > 1e-2
 

@@ -325,12 +325,11 @@ def test_a_layer_keeps_only_lean_residuals_for_its_backward_pass():
                          dropout=0.1)
   layer = model_lib.EncoderLayer(cfg, None, deterministic=False)
   x = jnp.ones((b, t, d), jnp.bfloat16)
-  mask = masks.attention_mask(jnp.ones((b, t), jnp.int32), jnp.ones((b, t), jnp.int32))
-  params = layer.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, mask,
-                      None, None)
+  ctx = model_lib.Context(masks.Mask(jnp.ones((b, t), jnp.int32), jnp.ones((b, t), jnp.int32)))
+  params = layer.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, ctx)
 
   def loss(p, x):
-    y, _ = layer.apply(p, x, mask, None, None, rngs={"dropout": jax.random.key(2)})
+    y, _ = layer.apply(p, x, ctx, rngs={"dropout": jax.random.key(2)})
     return jnp.sum(y.astype(jnp.float32))
 
   out = io.StringIO()

@@ -8,5 +8,12 @@ Pallas splash kernels), layers and masks, the model config with its size table, 
 
 # pylint: disable=unused-import
 from xformer.model.config import SIZE_FIELDS, VARIANTS, ModelConfig, variant  # noqa: F401
+from xformer.model.masks import Mask  # noqa: F401
+from xformer.model.stacks import Context, EncoderLayer  # noqa: F401
 from xformer.model.transformer import (  # noqa: F401
-    DecoderOnlyLM, EncoderLayer, Transformer, init_cache, init_params, logical_axes)
+    DecoderOnlyLM,
+    Transformer,
+    init_cache,
+    init_params,
+    logical_axes,
+)

@@ -1,7 +1,7 @@
 """Multi-head attention: self (padded or causal), cross, and cached incremental decoding.
 
-One module serves all three uses; the caller passes the mask, the optional logit bias and the
-optional rotation of q/k. Logits and softmax are computed in float32 whatever the compute dtype.
+One module serves all three uses; the caller passes the mask (one `masks.Mask` value, which this
+module turns into its kernel's form), the optional logit bias and the optional rotation of q/k. Logits and softmax are computed in float32 whatever the compute dtype.
 
 Two kernels compute the same function:
   * `jax.nn.dot_product_attention` (XLA here; cuDNN's fused kernel on GPU with
@@ -57,17 +57,8 @@ def attention_weights(q: Array, k: Array, mask: Array | None, bias: Array | None
   return jax.nn.softmax(logits, axis=-1)  # [B, N, T, S]
 
 
-def _mask_from_lengths(t: int, s: int, is_causal: bool, q_lengths: Array | None,
-                       kv_lengths: Array | None) -> Array:
-  """The dense [B|1, 1, T, S] mask equal to a fused kernel's causal flag and lengths."""
-  mask = jnp.ones((1, 1, t, s), bool)
-  if is_causal:
-    mask = mask & (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])
-  if kv_lengths is not None:
-    mask = mask & (jnp.arange(s) < kv_lengths[:, None])[:, None, None, :]
-  if q_lengths is not None:
-    mask = mask & (jnp.arange(t) < q_lengths[:, None])[:, None, :, None]
-  return mask
+# Kernels that take the mask as a causal flag and row lengths (unpacked rows), not a dense mask.
+LENGTH_KERNELS = ("xla_lengths", "cudnn")
 
 
 class MultiHeadAttention(nn.Module):
@@ -79,8 +70,8 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: dropout on the attention weights.
     rotate_fn: optional f(x [B, T, N, H], positions [B, T], role) -> x applied to q (role
       "query") and k (role "key"): RoPE, xPos; only meaningful for self-attention.
-    implementation: None/"xla" (dense masks), "xla_lengths" or "cudnn" (the kernel gets
-      is_causal and sequence lengths instead of a mask: see `__call__`).
+    implementation: None/"xla" (dense masks), "xla_lengths" or "cudnn" (the kernel gets a
+      causal flag and sequence lengths instead of a mask), "splash" (segment ids; TPU).
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -93,51 +84,57 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(
-      self,
-      x_q: Array,
-      x_kv: Array,
-      *,
-      mask: Array | None,
-      bias: Array | None = None,
-      positions: Array | None = None,
-      deterministic: bool = True,
-      decode_index: Array | None = None,
-      is_causal: bool = False,
-      q_lengths: Array | None = None,
-      kv_lengths: Array | None = None,
-      cross_cache: str | None = None,
-      q_segments: Array | None = None,
-      kv_segments: Array | None = None,
-  ) -> Array | None:
+  def __call__(self, x_q: Array, x_kv: Array, mask: masks.Mask | None = None, *,
+               bias: Array | None = None, positions: Array | None = None,
+               deterministic: bool = True, cross_cache: str | None = None) -> Array | None:
     """Attends from x_q [B, T, D] to x_kv [B, S, D]; returns [B, T, D].
 
     Args:
       x_q: queries' inputs [B, T, D].
       x_kv: keys' and values' inputs [B, S, D] (x_q itself for self-attention).
-      mask: bool [B, 1|N, T, S] (in decode mode: over cache slots, [B|1, 1, T, L]).
+      mask: which keys each query sees (None: all). With `mask.cache_index` this is cached
+        self-attention: the new keys and values are written to slots cache_index.. of the cache
+        (created with the length of x_q on the first, initialisation call) and queries attend to
+        the cache.
       bias: float [B|1, N, T, S] added to the logits (ALiBi, T5), or None.
       positions: [B, T] positions of x_q (= of x_kv in self-attention), for `rotate_fn`.
       deterministic: disables dropout.
-      decode_index: cache slot of x_q's first token. When given, this is cached self-attention:
-        the new keys and values are written to slots decode_index.. of the cache (created with
-        the length of x_q on first call, the initialisation call) and queries attend to the cache.
-      is_causal, q_lengths [B], kv_lengths [B]: the mask as a fused kernel takes it (mask=None):
-        causal, and rows whose first q_lengths / kv_lengths tokens are real (unpacked rows).
-      q_segments [B, T], kv_segments [B, S]: the mask as segment ids (mask=None; with
-        is_causal), for the splash kernel; other kernels get the equivalent dense mask.
       cross_cache: cross-attention while decoding. "fill": project x_kv (the encoder output)
         to keys and values once per sequence into the `cache` collection and return None
         (x_q unused); "read": use them if filled (else project x_kv, as without a cache).
     """
+    mask = masks.Mask() if mask is None else mask
     w = self._kernels(x_q.shape[-1], x_kv.shape[-1])
     explicit = (self.dropout_rate > 0.0 and not deterministic) or self.is_mutable_collection(
         "intermediates")
-    if (q_segments is not None and self.implementation == "splash" and not explicit
-        and bias is None and x_q.shape[1] % splash.BLOCK == 0
-        and x_kv.shape[1] % splash.BLOCK == 0):
-      return self._splash(x_q, x_kv, w, positions, q_segments, kv_segments, is_causal)
+    if (self.implementation == "splash" and not explicit and bias is None and not mask.decoding
+        and x_q.shape[1] % splash.BLOCK == 0 and x_kv.shape[1] % splash.BLOCK == 0):
+      return self._splash(x_q, x_kv, w, positions, mask)
+    qkv = self._project_qkv(x_q, x_kv, w, cross_cache)
+    if qkv is None:  # The cross-attention cache was filled.
+      return None
+    q, k, v = qkv  # [B, T, N, H], [B, S, N, H], [B, S, N, H]
+    if self.rotate_fn is not None:
+      q = self.rotate_fn(q, positions, "query")
+      k = self.rotate_fn(k, positions, "key")
+    if mask.cache_index is not None:
+      k, v = self._update_cache(k, v, mask.cache_index)  # [B, L, N, H] each
+    if explicit:
+      probs = attention_weights(q, k, mask.dense(q.shape[1], k.shape[1]), bias)  # [B, N, T, S]
+      self.sow("intermediates", "attention_weights", probs)
+      probs = layers.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+      out = jnp.einsum("BNTS,BSNH->BTNH", probs.astype(v.dtype), v)  # [B, T, N, H]
+    else:
+      out = self._fused(q, k, v, mask, bias)  # [B, T, N, H]
+    b, t = out.shape[:2]
+    out = jnp.matmul(out.reshape(b * t, -1).astype(self.dtype),
+                     w["out"].reshape(-1, w["out"].shape[-1]))  # [B*T, D]
+    return out.reshape(b, t, -1)  # [B, T, D]
 
+  def _project_qkv(self, x_q: Array, x_kv: Array, w: dict[str, Array],
+                   cross_cache: str | None) -> tuple[Array, Array, Array] | None:
+    """q [B, T, N, H], k and v [B, S, N, H] (k and v from the cross-attention cache when it is
+    read; None after filling it)."""
     filled = cross_cache == "read" and self.has_variable("cache", "cross_key")
     kv_rows = None if filled else _rows(x_kv, self.dtype)  # [B*S, D]
     if filled:
@@ -150,42 +147,23 @@ class MultiHeadAttention(nn.Module):
       self.put_variable("cache", "cross_value", v)
       return None
     q_rows = kv_rows if x_q is x_kv else _rows(x_q, self.dtype)  # [B*T, D]
-    q = _project(q_rows, w["query"], x_q.shape[:2])  # [B, T, N, H]
+    return _project(q_rows, w["query"], x_q.shape[:2]), k, v  # q: [B, T, N, H]
 
-    if self.rotate_fn is not None:
-      q = self.rotate_fn(q, positions, "query")
-      k = self.rotate_fn(k, positions, "key")
-
-    if decode_index is not None:
-      k, v = self._update_cache(k, v, decode_index)  # [B, L, N, H] each
-
-    if q_segments is not None:
-      mask = masks.attention_mask(q_segments, kv_segments, causal=is_causal)  # [B, 1, T, S]
-      is_causal = False
-    if mask is None and (is_causal or kv_lengths is not None) and explicit:
-      mask = _mask_from_lengths(q.shape[1], k.shape[1], is_causal, q_lengths, kv_lengths)
-    if explicit:
-      probs = attention_weights(q, k, mask, bias)  # [B, N, T, S]
-      self.sow("intermediates", "attention_weights", probs)
-      probs = layers.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
-      out = jnp.einsum("BNTS,BSNH->BTNH", probs.astype(v.dtype), v)  # [B, T, N, H]
+  def _fused(self, q: Array, k: Array, v: Array, mask: masks.Mask, bias: Array | None) -> Array:
+    """`jax.nn.dot_product_attention` with the mask in the form this module's kernel takes:
+    lengths and a causal flag (LENGTH_KERNELS, whole sequences), else the dense mask."""
+    if self.implementation in LENGTH_KERNELS and not mask.decoding:
+      q_lengths, kv_lengths = mask.lengths(q.shape[0], q.shape[1], k.shape[1])  # [B], [B]
+      kernel = dict(is_causal=mask.causal, query_seq_lengths=q_lengths,
+                    key_value_seq_lengths=kv_lengths,
+                    implementation="cudnn" if self.implementation == "cudnn" else None)
     else:
-      out = jax.nn.dot_product_attention(
-          q, k, v,
-          # XLA adds the bias to float32 logits, so keep it float32 (ALiBi's large distances lose
-          # their differences in bf16); cuDNN wants it in the compute dtype.
-          bias=bias if bias is None or self.implementation != "cudnn" else bias.astype(q.dtype),
-          mask=mask,
-          is_causal=is_causal,
-          query_seq_lengths=q_lengths,
-          key_value_seq_lengths=kv_lengths,
-          # A dense mask (cached decoding) always takes the XLA kernel.
-          implementation="cudnn" if self.implementation == "cudnn" and mask is None else None,
-      )  # [B, T, N, H]
-    b, t = out.shape[:2]
-    out = jnp.matmul(out.reshape(b * t, -1).astype(self.dtype),
-                     w["out"].reshape(-1, w["out"].shape[-1]))  # [B*T, D]
-    return out.reshape(b, t, -1)  # [B, T, D]
+      kernel = dict(mask=mask.dense(q.shape[1], k.shape[1]))
+    # XLA adds the bias to float32 logits, so keep it float32 (ALiBi's large distances lose
+    # their differences in bf16); cuDNN wants it in the compute dtype.
+    if bias is not None and kernel.get("implementation") == "cudnn":
+      bias = bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, **kernel)  # [B, T, N, H]
 
   def _kernels(self, d_q: int, d_kv: int) -> dict[str, Array]:
     """The projection weights in the compute dtype: query/key/value [D, N, H], out [N, H, D]
@@ -198,7 +176,7 @@ class MultiHeadAttention(nn.Module):
     return w
 
   def _splash(self, x_q: Array, x_kv: Array, w: dict[str, Array], positions: Array | None,
-              q_segments: Array, kv_segments: Array, is_causal: bool) -> Array:
+              mask: masks.Mask) -> Array:
     """Attention through the splash kernel, projected straight into its heads-first layout:
     q, k and v of self-attention in one product (k and v of cross-attention in one), the
     1/sqrt(H) scale folded into the query weight (a [D, N, H] multiply, not one per token)."""
@@ -214,7 +192,8 @@ class MultiHeadAttention(nn.Module):
       rotate = lambda x, role: jnp.swapaxes(  # noqa: E731
           self.rotate_fn(jnp.swapaxes(x, 1, 2), positions, role), 1, 2)
       q, k = rotate(q, "query"), rotate(k, "key")
-    out = splash.attention(q, k, v, q_segments, kv_segments, causal=is_causal, scale=1.0)
+    q_segments, kv_segments = mask.segment_ids(x_q.shape[0], x_q.shape[1], x_kv.shape[1])
+    out = splash.attention(q, k, v, q_segments, kv_segments, causal=mask.causal, scale=1.0)
     return jnp.einsum("BNTH,NHD->BTD", out, w["out"])  # [B, T, D]
 
   def _update_cache(self, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
