@@ -22,11 +22,10 @@ from typing import Any, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from xformer import errors, positional, tasks
-from xformer.data import datasets, pipeline, text_files, tokenizer
-from xformer import model
+from xformer import errors, model, positional, tasks
+from xformer.data import inputs
 from xformer.model import decode, splash
-from xformer.training import optim, profiling
+from xformer.training import faults, optim, profiling
 
 VERSION = 2  # Of the config layout; 1: model.posemb_kw flat, sizes explicit (before Tasks).
 NAN_POLICIES = ("fail", "skip")
@@ -104,22 +103,8 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.version = VERSION
   c.task = task
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
-      dataset=tasks.get(task).default_dataset,
-      # files: JSON {split: [source, target] | [tsv] | [text files]} for the *_files datasets.
-      # raw_dir: a real dataset's raw files at hand instead of the network (data/downloads.py).
-      data_dir="", download=True, raw_dir="", files="", source_lang="en", target_lang="de",
-      on_bad_line="skip", max_chars=10_000, max_source_len=64, max_target_len=64, pack=True,
-      overlong="drop", pretokenize=True, eval_split="validation", test_split="test",
-      # token_cache: tokenize each split once into a memory-mapped cache on local disk
-      # (xformer/data/token_cache.py; under token_cache_dir, default ~/.cache/xformer/tokens)
-      # instead of pretokenize's in-memory lists or tokenizing on the fly.
-      token_cache=False, token_cache_dir="",
-      # Logical data shards (0: one per process). Fix it to the largest process count you will
-      # use and every topology trains on the same batch sequence.
-      num_shards=0))
-  c.tokenizer = ml_collections.ConfigDict(dataclasses.asdict(tokenizer.TokenizerSettings()))
-  c.tokenizer.cache_dir = ""  # Default: <data_dir>/xformer_tokenizers.
+  c.data = inputs.data_section(tasks.get(task).default_dataset)
+  c.tokenizer = inputs.tokenizer_section()
   c.batch_size = 64  # Rows per step, all processes together.
   c.grad_accum_steps = 1
   c.num_train_steps = 1000
@@ -128,9 +113,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   # >0: the training loss projects to the vocabulary this many target positions at a time and
   # never holds the whole [B, T, V] logits (large vocabularies); must divide max_target_len.
   c.loss_chunk = 0
-  c.optimizer = ml_collections.ConfigDict(dict(
-      schedule="rsqrt", warmup_steps=4000, lr_scale=1.0, peak_lr=1e-3, b1=0.9, b2=0.98, eps=1e-9,
-      weight_decay=0.0, clip_grad_norm=0.0))
+  c.optimizer = optim.section()
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Adam's moments split over the data-parallel devices (ZeRO stage 1): each device updates a
   # slice of the parameters, which are then gathered; less memory and optimizer time.
@@ -145,8 +128,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.nan_policy = "fail"
   c.max_consecutive_skips = 5
   # Drills: make steps fail on purpose (NaN loss, gradient spike); see xformer/training/faults.py.
-  c.faults = ml_collections.ConfigDict(dict(nan_at_step=-1, nan_steps=1, spike_at_step=-1,
-                                            spike=1e6))
+  c.faults = ml_collections.ConfigDict(dataclasses.asdict(faults.Faults()))
   c.log_every_steps = 50
   c.eval_every_steps = 500
   c.eval_examples = 1000  # Validation examples for loss/perplexity (0 = the whole split).
@@ -172,21 +154,12 @@ def validate(config: ml_collections.ConfigDict) -> model.ModelConfig:
   the requested vocabulary size until the tokenizer gives the real one). Raises ConfigError or
   UnknownNameError with the fix."""
   task = tasks.get(config.task)
-  spec = datasets.spec(config.data.dataset)
-  if spec.kind != task.data_kind:
-    raise errors.ConfigError(f"config.task={config.task!r} reads {task.data_kind} data, but "
-                             f"data.dataset={config.data.dataset!r} is a {spec.kind} dataset.")
-  splits = spec.split_names(config.data)
-  for key in ("eval_split", "test_split"):
-    if config.data[key] not in splits:
-      raise errors.ConfigError(
-          f"data.{key}={config.data[key]!r}: dataset {config.data.dataset!r} has no such "
-          f"split; it has {list(splits)}. Set --config.data.{key}=<one of those>.")
-  errors.check_choice("data.on_bad_line", config.data.on_bad_line, text_files.BAD_LINE_POLICIES)
-  errors.check_choice("data.overlong", config.data.overlong, pipeline.OVERLONG_POLICIES)
-  errors.check_choice("optimizer.schedule", config.optimizer.schedule, optim.SCHEDULES)
+  # Each section by the module that defines it, then what spans sections.
+  inputs.check(config.data, config.tokenizer, task.data_kind)
+  optim.check(config.optimizer)
+  decode.Settings(**config.decode).check()
+  faults.Faults(**config.faults)
   errors.check_choice("nan_policy", config.nan_policy, NAN_POLICIES)
-  errors.check_choice("tokenizer.model_type", config.tokenizer.model_type, tokenizer.MODEL_TYPES)
   profiling.parse(config.profile_steps)
   cfg = model_config(config, config.tokenizer.vocab_size)
   task.check(cfg)
@@ -231,8 +204,6 @@ def _check_counts(config) -> None:
   if config.batch_size % config.grad_accum_steps:
     raise errors.ConfigError(f"batch_size={config.batch_size} is not divisible by "
                              f"grad_accum_steps={config.grad_accum_steps}.")
-  if config.decode.beam_size < 1:
-    raise errors.ConfigError(f"decode.beam_size must be >= 1, got {config.decode.beam_size}.")
 
 
 def check_mesh(config: ml_collections.ConfigDict, mesh_shape: dict[str, int],

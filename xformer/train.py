@@ -108,7 +108,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None,
   if mesh is None:
     mesh = sharding.make_mesh(config.mesh.to_dict())
     config_lib.check_mesh(config, dict(mesh.shape), jax.process_count())
-  inputs = Inputs(config, tasks.get(config.task), workdir)
+  inputs = Inputs.of_config(config, tasks.get(config.task), workdir)
   return Run(config, model_config.replace(vocab_size=inputs.tokenizer.vocab_size), mesh), inputs
 
 

@@ -31,7 +31,7 @@ def main(argv):
   config = _CONFIG.value
   config_lib.validate(config)
   datasets.show_progress = True  # Downloads and conversion of real datasets take a while.
-  inputs = inputs_lib.Inputs(config, tasks.get(config.task), workdir=None)
+  inputs = inputs_lib.Inputs.of_config(config, tasks.get(config.task), workdir=None)
   dataset, tok = inputs.dataset, inputs.tokenizer
   print(f"dataset {config.data.dataset} ({dataset.kind}) in {inputs.dataset_dir}, ready in "
         f"{inputs.seconds['dataset']:.1f}s:")

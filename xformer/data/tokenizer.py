@@ -21,8 +21,8 @@ import random
 import time
 from typing import Iterable, Sequence
 
-import sentencepiece as spm
 from etils import epath
+import sentencepiece as spm
 
 from xformer import errors
 
@@ -44,6 +44,14 @@ class TokenizerSettings:
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
       raise ValueError(f"tokenizer.model_type={self.model_type!r}; choose one of {MODEL_TYPES}.")
+
+
+def settings_of(section) -> TokenizerSettings:
+  """config.tokenizer as TokenizerSettings, validated (cache_dir is where, not what)."""
+  errors.check_choice("tokenizer.model_type", section.model_type, MODEL_TYPES)
+  if section.vocab_size < 8:
+    raise errors.ConfigError(f"tokenizer.vocab_size must be >= 8, got {section.vocab_size}.")
+  return TokenizerSettings(**{k: v for k, v in section.items() if k != "cache_dir"})
 
 
 class Tokenizer:

@@ -91,7 +91,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, average_last: int
   overrides = {"beam_size": beam, "alpha": alpha, "max_extra": max_extra}
   settings = dataclasses.replace(decode.Settings(**config.decode), **{
       k: v for k, v in overrides.items() if v is not None})
-  ctx = Context(run, Inputs(config, run.task, workdir), settings, config.eval_batch_size)
+  ctx = Context(run, Inputs.of_config(config, run.task, workdir), settings, config.eval_batch_size)
   metrics = evaluate(ctx, params, split, loss_limit=limit, metric_limit=limit, thorough=True)
   report = {"workdir": workdir, "step": step, "averaged_steps": used, "split": split,
             "limit": limit or None, "decode": dataclasses.asdict(settings), "metrics": metrics}

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from xformer import errors
 from xformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from xformer.model import masks, transformer
 
@@ -28,6 +29,13 @@ class Settings:
   beam_size: int = 1
   alpha: float = 0.6
   max_extra: int = 50
+
+  def check(self) -> None:
+    """Validates config.decode (a ConfigError naming the field)."""
+    if self.beam_size < 1:
+      raise errors.ConfigError(f"decode.beam_size must be >= 1, got {self.beam_size}.")
+    if self.max_extra < 0:
+      raise errors.ConfigError(f"decode.max_extra must be >= 0, got {self.max_extra}.")
 
 
 def translation_step(model: transformer.Transformer, params: Any, encoded: Array,

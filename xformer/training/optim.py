@@ -9,9 +9,26 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from xformer import errors
+
 SCHEDULES = ("rsqrt", "cosine", "constant")
+
+
+def section() -> ml_collections.ConfigDict:
+  """config.optimizer at its defaults: Adam(0.9, 0.98, 1e-9) with the paper's schedule."""
+  return ml_collections.ConfigDict(dict(
+      schedule="rsqrt", warmup_steps=4000, lr_scale=1.0, peak_lr=1e-3, b1=0.9, b2=0.98, eps=1e-9,
+      weight_decay=0.0, clip_grad_norm=0.0))
+
+
+def check(optimizer: ml_collections.ConfigDict) -> None:
+  """Validates config.optimizer (before anything is built)."""
+  errors.check_choice("optimizer.schedule", optimizer.schedule, SCHEDULES)
+  if optimizer.warmup_steps < 0:
+    raise errors.ConfigError(f"optimizer.warmup_steps must be >= 0, got {optimizer.warmup_steps}.")
 
 
 def rsqrt_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> Callable:
