@@ -13,8 +13,8 @@ def get_config(arg=None):
                                      activation="gelu", max_len=512)
   c.model.dtype = "bfloat16"
   c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/model/splash.py).
-  # Plain autodiff of the loss and tied projection: the TPU compiler prefers it here too
-  # (v5p-8: 1.8 GiB fewer temporaries per device; benchmarks/README.md, "The loss paths on TPU").
+  # Plain autodiff of the loss and tied projection: the TPU compiler prefers it here too (fewer
+  # temporaries per device; benchmarks/README.md, "The loss paths on TPU").
   c.fused_loss = False
   c.shard_optimizer_state = True  # Adam's moments split over the data-parallel chips (ZeRO-1).
   c.model.fused_output = False

@@ -18,14 +18,14 @@ def get_config(arg=None):
   c.model = config_lib.model_section(args["variant"], args["posemb"], max_len=306)
   c.model.dtype = "bfloat16"
   c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/model/splash.py).
-  # The layer stacks unrolled: on v5p-8 the step holds 2.2 GiB of temporaries per chip against
-  # 3.8 GiB under a layer loop (whose stacked residuals XLA cannot recompute), and the cost
-  # model prices it as compiled; it compiles about three times slower than the loop
-  # (benchmarks/README.md). Remat needs the loop: set model.scan_unroll=1 with model.remat.
+  # The layer stacks unrolled: the step holds far fewer temporaries than under a layer loop
+  # (whose stacked residuals XLA cannot recompute) and the cost model prices it as compiled,
+  # at the price of a slower compile (figures: benchmarks/README.md, "TPU and GPU estimates").
+  # Remat needs the loop: set model.scan_unroll=1 with model.remat.
   c.model.scan_unroll = 6
-  # Plain autodiff of the loss and the tied projection: on v5p-8 the TPU compiler gives it
-  # 0.64 GiB fewer temporaries and, with splash, a 4% shorter step than the written-out
-  # gradients that win on CPU (benchmarks/README.md, "The loss paths on TPU").
+  # Plain autodiff of the loss and the tied projection: the TPU compiler gives it fewer
+  # temporaries and a shorter step than the written-out gradients that win on CPU
+  # (benchmarks/README.md, "The loss paths on TPU").
   c.fused_loss = False
   c.model.fused_output = False
   c.data.dataset = "wmt14_translate/de-en"
@@ -52,7 +52,7 @@ def get_config(arg=None):
   c.decode.alpha = 0.6
   c.eval_batch_size = 256
   c.mesh.data = -1
-  # Adam's moments split over the data-parallel chips (ZeRO-1): on v5p-8 0.1 GiB less per chip
-  # and 1.4% off the estimated step (benchmarks/README.md); more for wmt_big.
+  # Adam's moments split over the data-parallel chips (ZeRO-1): less memory per chip and a
+  # shorter estimated step (benchmarks/README.md); more so for wmt_big.
   c.shard_optimizer_state = True
   return c

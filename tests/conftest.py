@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-  """The embedded datasets, built once per test session (about 15 s)."""
+  """The embedded datasets, built once per test session."""
   from xformer.data import datasets  # pylint: disable=import-outside-toplevel
   path = str(tmp_path_factory.mktemp("tfds"))
   datasets.load({"dataset": "xformer_translation", "data_dir": path})

@@ -156,8 +156,9 @@ def test_every_encoding_compiles_for_tpu(posemb):
 # The shipped accelerator configs at full size on their intended targets (train step), as
 # shipped; wmt_base on v4-8 with its layers in a loop: its v5p-8 compile above it is the shipped
 # program, and on v4 the loop proves the same things (v4's megacore devices, the splash kernels
-# compiled for v4, the mesh on its torus) in a third of the compile time, with the larger of the
-# two memories (scanned 3.8 vs unrolled 2.2 GiB on v5p), so fitting scanned means fitting.
+# compiled for v4, the mesh on its torus) in a shorter compile, with the larger of the
+# two memories (scanned holds more than unrolled; benchmarks/README.md), so fitting scanned means
+# fitting.
 SHIPPED = [("wmt_base.py", [], "v5p-8"), ("wmt_base.py", ["model.scan_unroll=1"], "v4-8"),
            ("wmt_big.py", [], "v5p-8"), ("lm1b.py", [], "v5litepod-16")]
 
