@@ -141,3 +141,19 @@ def test_functions_are_short():
         if length > 60:
           long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({length} lines)")
   assert long == []
+
+
+def test_every_command_answers_help_with_its_own_flags():
+  """Each command parses only its flags (no library module defines any) and --help exits 0."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  own_flag = {"xformer.main": "--workdir", "xformer.evaluate": "--average_last",
+              "xformer.compile": "--target", "xformer.translate": "--nbest",
+              "xformer.sample": "--top_p", "xformer.average": "--last",
+              "xformer.data.prepare": "--num_examples"}
+  assert set(own_flag) == COMMANDS
+  for command, flag in own_flag.items():
+    out = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True,
+                         text=True, timeout=120, check=False, cwd=PACKAGE.parent)
+    assert out.returncode == 0, (command, out.stderr[-1000:])
+    assert flag in out.stdout, (command, out.stdout[-1000:])

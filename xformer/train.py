@@ -6,11 +6,9 @@ is one, so re-running the same command continues an interrupted run (or reports 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
-import zlib
 
 from etils import epath
 import jax
@@ -25,14 +23,11 @@ from xformer.model import decode
 from xformer.runtime import preemption, sharding
 from xformer.runtime.metric_writer import MetricWriter, Progress, log_line
 from xformer.training import profiling
+from xformer.training.host_checks import HostChecks, NonFiniteLossError, batch_crc  # noqa: F401
 from xformer.training.run import Run
 from xformer.training.steps import TrainState
 from xformer.workdir import provenance, record
 from xformer.workdir.checkpoint import Checkpointer, CorruptCheckpointError
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or infinite (nan_policy='fail')."""
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -59,33 +54,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checks = HostChecks(config, writer, ckpt, overlong, Progress(config.num_train_steps, first))
   stop = preemption.StopSignal(every=config.stop_check_every_steps)
   profiler = profiling.StepProfiler(config.profile_steps, workdir)
-  rng = jax.random.key(config.seed + 1)
   log_line(f"Training steps {first}..{config.num_train_steps} in {workdir}")
   try:
-    for step in range(first + 1, config.num_train_steps + 1):
-      profiler.before(step)
-      waited = time.perf_counter()
-      host_batch = next(train_iter)
-      checks.input_seconds += time.perf_counter() - waited
-      state, metrics = run.p_train_step(state, run.put_batch(host_batch, local=True), rng)
-      checks.push(step, metrics, batch_crc(host_batch))  # Checks step - 1 (device runs ahead).
-      profiler.after(step, state)
-      at_save = step % config.checkpoint_every_steps == 0
-      at_eval = step % config.eval_every_steps == 0 and step < config.num_train_steps
-      stopping = stop.should_stop(step)
-      if at_save or at_eval or stopping:
-        checks.flush()  # Never save (or evaluate) a step that has not been checked.
-      if at_save or stopping:
-        _save(ckpt, config, state, train_iter)
-      if at_eval:
-        _log_eval(writer, step, evaluator.evaluate(
-            ctx, state.params, config.data.eval_split, loss_limit=config.eval_examples,
-            metric_limit=config.bleu_examples or -1))
-      if stopping:
-        ckpt.wait()
-        log_line(f"Stopped by signal at step {step}; checkpoint saved. Rerun the same command "
-                 "to continue.")
-        return {}
+    state, stopped = _train_steps(config, run, state, train_iter, first, ckpt, ctx, writer,
+                                  checks, stop, profiler)
+    if stopped:
+      return {}
     checks.flush()
     _save(ckpt, config, state, train_iter)
     pipeline.log_overlong("train", overlong)
@@ -100,6 +74,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
 
 
+def _train_steps(config, run, state, train_iter, first, ckpt, ctx, writer, checks, stop,
+                 profiler) -> tuple[TrainState, bool]:
+  """Steps first+1 .. num_train_steps with their checks, saves and evaluations; returns the
+  state and whether a stop signal ended them early (its checkpoint saved)."""
+  rng = jax.random.key(config.seed + 1)
+  for step in range(first + 1, config.num_train_steps + 1):
+    profiler.before(step)
+    waited = time.perf_counter()
+    host_batch = next(train_iter)
+    checks.input_seconds += time.perf_counter() - waited
+    state, metrics = run.p_train_step(state, run.put_batch(host_batch, local=True), rng)
+    checks.push(step, metrics, batch_crc(host_batch))  # Checks step - 1 (device runs ahead).
+    profiler.after(step, state)
+    at_save = step % config.checkpoint_every_steps == 0
+    at_eval = step % config.eval_every_steps == 0 and step < config.num_train_steps
+    stopping = stop.should_stop(step)
+    if at_save or at_eval or stopping:
+      checks.flush()  # Never save (or evaluate) a step that has not been checked.
+    if at_save or stopping:
+      _save(ckpt, config, state, train_iter)
+    if at_eval:
+      _log_eval(writer, step, evaluator.evaluate(
+          ctx, state.params, config.data.eval_split, loss_limit=config.eval_examples,
+          metric_limit=config.bleu_examples or -1))
+    if stopping:
+      ckpt.wait()
+      log_line(f"Stopped by signal at step {step}; checkpoint saved. Rerun the same command "
+               "to continue.")
+      return state, True
+  return state, False
+
+
 def build(config: ml_collections.ConfigDict, workdir: str | None = None,
           model_config=None, mesh=None) -> tuple[Run, Inputs]:
   """A config's Run and Inputs (dataset, tokenizer); validates the config and builds the mesh
@@ -110,65 +116,6 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None,
     config_lib.check_mesh(config, dict(mesh.shape), jax.process_count())
   inputs = Inputs.of_config(config, tasks.get(config.task), workdir)
   return Run(config, model_config.replace(vocab_size=inputs.tokenizer.vocab_size), mesh), inputs
-
-
-class HostChecks:
-  """Host-side checks and logging of finished steps: the NaN policy, skipped updates, clipping,
-  progress lines and metrics. A step is read one step late (`push`), so that the host prepares
-  step s+1 while the device computes step s; `flush` settles the pending step at once."""
-
-  def __init__(self, config: ml_collections.ConfigDict, writer: MetricWriter,
-               ckpt: Checkpointer, overlong: pipeline.OverlongCounter, progress: Progress):
-    self.config, self.writer, self.ckpt = config, writer, ckpt
-    self.overlong, self.progress = overlong, progress
-    self.pending: tuple[int, Any, int] | None = None
-    self.skips_in_a_row = self.skips_total = 0
-    self.tokens = 0.0
-    # Host seconds spent waiting for the next batch since the last log line: reported as the
-    # fraction of wall time the step loop waited on input (`train/input_wait_fraction`).
-    self.input_seconds, self.last_log = 0.0, time.time()
-
-  def push(self, step: int, metrics: dict[str, Any], crc: int) -> None:
-    self.flush()
-    self.pending = (step, metrics, crc)
-
-  def flush(self) -> None:
-    if self.pending is not None:
-      self._settle(*self.pending)
-      self.pending = None
-
-  def _settle(self, step: int, metrics: dict[str, Any], crc: int) -> None:
-    config = self.config
-    metrics = jax.device_get(metrics)
-    loss = float(metrics["train/loss"])
-    if config.nan_policy == "fail" and not math.isfinite(loss):
-      raise NonFiniteLossError(f"Loss is NaN or infinite at step {step} ({loss}); the last "
-                               f"checkpoint ({self.ckpt.latest_step()}) is kept unchanged.")
-    self._count_skip(step, bool(metrics.get("train/skipped", 0)))
-    clip = config.optimizer.clip_grad_norm
-    if clip > 0 and float(metrics["train/grad_norm"]) > 10 * clip:
-      log_line(f"step {step}: gradient norm {float(metrics['train/grad_norm']):.4g} clipped to "
-               f"{clip:g}.")
-    self.tokens += float(metrics["train/tokens"])
-    if step % config.log_every_steps == 0 or step == config.num_train_steps:
-      data = {f"data/{k}": v for k, v in self.overlong.summary().items()}
-      now = time.time()
-      waiting = min(self.input_seconds / max(now - self.last_log, 1e-9), 1.0)
-      self.writer.write(step, {**metrics, **data, "data/batch_crc32": crc,
-                               "train/skipped_total": self.skips_total,
-                               "train/input_wait_fraction": waiting})
-      log_line(f"{self.progress.line(step, loss, self.tokens)} | input wait {waiting:.0%}")
-      self.tokens, self.input_seconds, self.last_log = 0.0, 0.0, now
-
-  def _count_skip(self, step: int, skipped: bool) -> None:
-    self.skips_in_a_row = self.skips_in_a_row + 1 if skipped else 0
-    self.skips_total += int(skipped)
-    if skipped:
-      log_line(f"step {step}: non-finite loss or gradient, update skipped "
-               f"({self.skips_in_a_row} in a row, at most {self.config.max_consecutive_skips}).")
-    if self.skips_in_a_row > self.config.max_consecutive_skips:
-      raise NonFiniteLossError(f"{self.skips_in_a_row} consecutive non-finite steps up to step "
-                               f"{step}: giving up (max_consecutive_skips).")
 
 
 def describe(run: Run, inputs: Inputs | None = None) -> str:
@@ -263,15 +210,6 @@ def _restore_or_init(run: Run, ckpt: Checkpointer, train_iter) -> TrainState:
     log_line(f"Initialised parameters from {config.init_from} step {source.latest_step()}.")
     state = state.replace(params=params)
   return state
-
-
-def batch_crc(batch: dict[str, np.ndarray]) -> int:
-  """Fingerprint of this process's rows of a batch (metrics data/batch_crc32): resumed and
-  uninterrupted runs must see the same batches."""
-  crc = 0
-  for key in sorted(batch):
-    crc = zlib.crc32(np.ascontiguousarray(batch[key]).tobytes(), crc)
-  return crc
 
 
 def _save(ckpt: Checkpointer, config: ml_collections.ConfigDict, state: TrainState,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from xformer import errors
 from xformer.runtime import platforms
@@ -35,7 +35,11 @@ def _fail(error: BaseException) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config value as one line and exit status 2 (a
-  config override of an unknown field or the wrong type raises from inside ml_collections)."""
+  config override of an unknown field or the wrong type raises from inside ml_collections);
+  --help prints the command's usage and exits 0."""
+  if any(a in ("-h", "--help", "-?", "--helpshort") for a in argv[1:]):
+    # absl exits 1 after --help; asking for help is no error.
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
   try:
     return FLAGS(argv)
   except (flags.Error, errors.UserError, AttributeError, KeyError, TypeError, ValueError) as e:
