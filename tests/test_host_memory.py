@@ -1,4 +1,4 @@
-"""The glibc malloc re-exec of the command-line entry points (xformer.host_memory)."""
+"""The glibc malloc re-exec of the command-line entry points (xformer/runtime/host_memory.py)."""
 
 import os
 import platform
@@ -40,7 +40,7 @@ print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 def _run(tmp_path, **env):
   script = tmp_path / "probe.py"
   script.write_text(SCRIPT)
-  shutil.copy(os.path.join(ROOT, "xformer", "host_memory.py"), tmp_path / "host_memory.py")
+  shutil.copy(host_memory.__file__, tmp_path / "host_memory.py")
   environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",
                                                                 host_memory.OPT_OUT)}
   environ.update(env, PYTHONPATH=ROOT)
