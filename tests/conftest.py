@@ -92,3 +92,50 @@ def small_config(small_files, **overrides):
     node[last] = value
   c.lock()
   return c
+
+
+# Tests marked `compile` need the accelerator compilers of `.[compile]` (libtpu; "cuda": the CUDA
+# plugin). Without them they skip, saying which extra brings them, except where
+# XFORMER_REQUIRE_COMPILERS=1 (.ci/run sets it): there a missing compiler is a failure.
+_COMPILERS = {"tpu": "libtpu", "cuda": "jax_plugins.xla_cuda12"}
+
+
+def pytest_runtest_setup(item):
+  marker = item.get_closest_marker("compile")
+  if marker is None:
+    return
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  for platform in marker.args or ("tpu",):
+    module = _COMPILERS[platform]
+    try:
+      found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+      found = False
+    if not found:
+      message = (f"needs the {platform.upper()} compiler ({module}): "
+                 "pip install -e '.[compile]' (Linux)")
+      if os.environ.get("XFORMER_REQUIRE_COMPILERS") == "1":
+        pytest.fail(message + "; XFORMER_REQUIRE_COMPILERS=1 makes this a failure")
+      pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+  """No test opens a connection off this machine: a TFDS builder probing its bucket, a download
+  retried for minutes, fails at once instead (loopback stays open: the gs:// emulator)."""
+  import ipaddress  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  connect = socket.socket.connect
+
+  def guarded(sock, address):
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+      try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+      except ValueError:
+        local = False  # A host name: resolving it is the network already.
+      if not local:
+        raise OSError(f"test tried to reach {address}: no network in tests (conftest)")
+    return connect(sock, address)
+
+  monkeypatch.setattr(socket.socket, "connect", guarded)

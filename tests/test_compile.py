@@ -24,6 +24,9 @@ from xformer import config_lib, errors, positional, targets
 from xformer.runtime import sharding
 from xformer.targets import compiler as compile_lib
 from xformer.targets import flops
+from xformer.targets import report as report_lib
+
+pytestmark = pytest.mark.compile  # libtpu (the GPU tests: the CUDA plugin too).
 
 
 @pytest.fixture(autouse=True)
@@ -167,13 +170,13 @@ SHIPPED = [("wmt_base.py", [], "v5p-8"), ("wmt_base.py", ["model.scan_unroll=1"]
 def test_shipped_configs_fit_their_targets(config_file, overrides, target):
   config = config_lib.load_file(f"{REPO}/configs/{config_file}", None, overrides)
   report = compile_lib.compile_config(config, target, estimate=False, steps=("train",))
-  assert report["fits"], compile_lib.remedy(report, config)
+  assert report["fits"], report_lib.remedy(report, config)
   assert report["devices"] == targets.parse(target).devices
   assert report["attention"].startswith("splash")  # "auto" takes the kernel on every TPU.
 
 
+@pytest.mark.compile("cuda")
 def test_wmt_base_compiles_for_h100x8_with_cudnn_attention():
-  pytest.importorskip("jax_plugins.xla_cuda12", reason="CUDA plugin not installed (.[cuda])")
   config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
                                 ["model.attention_impl=cudnn", "data.pack=False"])
   report = compile_lib.compile_config(config, "h100x8", steps=("train",))
@@ -201,10 +204,10 @@ def test_estimate_counts_every_loss_chunk():
   assert abs(chunked["flops_per_step"] / (whole["flops_per_step"] + recompute) - 1) < 0.05
 
 
+@pytest.mark.compile("cuda")
 def test_gpu_flops_count_every_layer_of_a_scanned_stack():
   """GPU executables carry no cost analysis: the FLOPs come from lowering the step, unrolled
   when its layers run as a loop (a loop body would count once)."""
-  pytest.importorskip("jax_plugins.xla_cuda12", reason="CUDA plugin not installed (.[cuda])")
   config = config_lib.load_file(f"{REPO}/configs/lm1b.py", None, [
       "model.variant=lm_mini", "model.num_decoder_layers=4", "model.scan_unroll=1",
       "model.attention_impl=xla", "batch_size=16", "tokenizer.vocab_size=512"])

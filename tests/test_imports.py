@@ -157,3 +157,16 @@ def test_every_command_answers_help_with_its_own_flags():
                          text=True, timeout=120, check=False, cwd=PACKAGE.parent)
     assert out.returncode == 0, (command, out.stderr[-1000:])
     assert flag in out.stdout, (command, out.stdout[-1000:])
+
+
+def test_no_test_reaches_the_network():
+  """The conftest guard: a connection off this machine fails at once; loopback is allowed."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with pytest.raises(OSError, match="no network in tests"):
+    socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1: never routed.
+  server = socket.socket()
+  server.bind(("127.0.0.1", 0))
+  server.listen(1)
+  with socket.create_connection(server.getsockname(), timeout=5):
+    pass
+  server.close()

@@ -136,9 +136,23 @@ def _num_params(cfg):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
 
-@pytest.mark.parametrize("name, paper", [("base", 65e6), ("big", 213e6)])
-def test_parameter_counts_match_the_paper(name, paper):
+def _closed_form(d, ff, layers, vocab):
+  """Parameters of the paper's model written out: attention q/k/v/out kernels (no biases), the
+  FFN's two kernels and biases, a LayerNorm's scale and bias per residual; one shared
+  embedding, which is also the output projection."""
+  attention, ffn, norm = 4 * d * d, 2 * d * ff + ff + d, 2 * d
+  encoder = layers * (attention + ffn + 2 * norm)
+  decoder = layers * (2 * attention + ffn + 3 * norm)
+  return encoder + decoder + vocab * d
+
+
+@pytest.mark.parametrize("name, d, ff, paper", [("base", 512, 2048, 65e6),
+                                                ("big", 1024, 4096, 213e6)])
+def test_parameter_counts_are_the_closed_form_and_the_papers(name, d, ff, paper):
   count = _num_params(model_config.variant(name, vocab_size=37_000))
+  assert count == _closed_form(d, ff, 6, 37_000), f"{name}: {count:,}"
+  if name == "base":
+    assert count == 63_045_632
   assert abs(count - paper) / paper < 0.05, f"{name}: {count:,} parameters vs {paper:,.0f}"
 
 

@@ -84,6 +84,65 @@ def test_t5_buckets_exact_near_and_logarithmic_far():
   assert set(bi[:200]).isdisjoint(set(bi[201:]))  # Past and future use separate buckets.
 
 
+def _t5_bucket_reference(rel, bidirectional, num_buckets, max_distance):
+  """One relative position (key - query) to its bucket, scalar by scalar, as T5's
+  `_relative_position_bucket` describes it: half the buckets (bidirectional: per direction)
+  exact, the rest logarithmic up to max_distance, then the last bucket."""
+  bucket, n = 0, -rel
+  if bidirectional:
+    num_buckets //= 2
+    if n < 0:
+      bucket += num_buckets  # Keys after the query: the upper half.
+    n = abs(n)
+  else:
+    n = max(n, 0)  # Causal: future keys all share bucket 0.
+  exact = num_buckets // 2
+  if n < exact:
+    return bucket + n
+  far = exact + int(np.float32(math.log(n / exact) / math.log(max_distance / exact)
+                               * (num_buckets - exact)))
+  return bucket + min(far, num_buckets - 1)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (16, 64)])
+def test_t5_buckets_equal_the_reference_formula(bidirectional, num_buckets, max_distance):
+  rel = np.arange(-300, 301)
+  got = np.asarray(positional.t5_relative_bucket(jnp.asarray(rel), bidirectional, num_buckets,
+                                                 max_distance))
+  want = [_t5_bucket_reference(int(r), bidirectional, num_buckets, max_distance) for r in rel]
+  np.testing.assert_array_equal(got, want)
+
+
+def test_alibi_bias_is_minus_slope_times_distance():
+  """The registered module's [B, N, T, S] bias against -m_h |i - j| written out (Press et al.,
+  eq. 1 with the paper's slopes 2^(-8h/N) for N = 4 heads)."""
+  q = jnp.asarray([[0, 1, 2, 5]])
+  k = jnp.asarray([[0, 3, 7]])
+  module = positional.make("alibi", {}, d_model=16, num_heads=4, max_len=16)
+  got = np.asarray(module.apply({}, q, k, method="bias"))
+  want = np.zeros((1, 4, 4, 3))
+  for h in range(4):
+    for i, qi in enumerate([0, 1, 2, 5]):
+      for j, kj in enumerate([0, 3, 7]):
+        want[0, h, i, j] = -(2.0 ** (-8.0 * (h + 1) / 4)) * abs(qi - kj)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_t5_bias_reads_its_table_at_the_reference_buckets():
+  """T5Bias: bias[b, h, i, j] = table[bucket(k_j - q_i), h], the bucket by the reference."""
+  q, k = jnp.asarray([[0, 4, 40, 200]]), jnp.asarray([[0, 1, 30, 199, 260]])
+  module = positional.make("t5_bias", {}, d_model=16, num_heads=2, max_len=512,
+                           bidirectional=True)
+  variables = module.init(jax.random.key(0), q, k, method="bias")
+  table = np.asarray(nn.unbox(variables)["params"]["rel_bias"])  # [buckets, N]
+  got = np.asarray(module.apply(variables, q, k, method="bias"))
+  for i, qi in enumerate([0, 4, 40, 200]):
+    for j, kj in enumerate([0, 1, 30, 199, 260]):
+      bucket = _t5_bucket_reference(kj - qi, True, 32, 128)
+      np.testing.assert_allclose(got[0, :, i, j], table[bucket], rtol=1e-6)
+
+
 def test_unknown_name_lists_valid_names():
   with pytest.raises(KeyError) as err:
     positional.get("rotary")

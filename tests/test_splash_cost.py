@@ -53,6 +53,7 @@ def _training_matmul_precision():
 
 @pytest.mark.usefixtures("_training_matmul_precision")
 @pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.compile
 def test_the_tpu_cost_model_prices_splash_gradients(causal):
   """Flash attention's FLOPs, written out from its algorithm: the forward pass multiplies
   QK^T and PV (2 matmuls), the dq kernel recomputes QK^T and forms dO V^T and dS K (3), the
