@@ -119,6 +119,7 @@ def test_positional_pictures_of_every_encoding():
   np.testing.assert_allclose(sin[:, 0], np.sin(np.arange(16)), atol=1e-6)  # Paper: PE(p, 0).
 
 
+@pytest.mark.slow
 def test_lm_bundle_generates_scores_and_samples(small_files, tmp_path):
   config = small_config(small_files, task="lm", **{"data.dataset": "text_files"})
   workdir = str(tmp_path / "lm")

@@ -24,6 +24,7 @@ def test_bucket_perplexity_and_windows():
   assert extrapolation.bucket_perplexity(nll, [0, 2, 4, 8]) == pytest.approx({"0-2": 2.0, "2-4": 4.0})
 
 
+@pytest.mark.slow
 def test_pe_sweep_end_to_end_tiny(data_dir, tmp_path):
   """Two seeds of two labels (one a variant with randomized positions, read once more with YaRN
   at evaluation), two runs at a time; then tabulated again from a copy of the run directories."""

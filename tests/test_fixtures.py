@@ -74,6 +74,7 @@ def test_v1_run_of_the_flat_layout_loads_and_translates_as_before(copy):
   assert b.translate(want["sources"] + ["she thanks a poet ."], beam=2) == want["beam2"]
 
 
+@pytest.mark.slow
 def test_the_flat_layout_run_resumes_under_todays_code(copy, tmp_path):
   """Its own saved config (the embedded dataset, rebuilt in a fresh data_dir), three more steps
   under today's code: a checkpoint, an iterator state and an optimiser state of the flat layout.

@@ -22,6 +22,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # End-to-end: CI's second tier.
+
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
 objects = pytest.importorskip("gcp_storage_emulator.handlers.objects")

@@ -143,6 +143,7 @@ def test_functions_are_short():
   assert long == []
 
 
+@pytest.mark.slow
 def test_every_command_answers_help_with_its_own_flags():
   """Each command parses only its flags (no library module defines any) and --help exits 0."""
   import subprocess  # pylint: disable=import-outside-toplevel

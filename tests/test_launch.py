@@ -94,6 +94,7 @@ def _host_env(tmp_path, port, pid):
           "JAX_PROCESS_ID": str(pid), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
+@pytest.mark.slow
 def test_job_script_runs_on_two_hosts_survives_preemption_and_resumes(small_files, tmp_path):
   (tmp_path / "bin").mkdir()
   (tmp_path / "bin" / "gcloud").write_text(FAKE_GCLOUD)

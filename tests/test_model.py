@@ -170,6 +170,7 @@ def test_options_build_and_run(change):
     assert "final_norm" in params["encoder"] and "final_norm" in params["decoder"]
 
 
+@pytest.mark.slow
 def test_remat_and_unroll_change_speed_not_math():
   """Remat policies and scan_unroll (partial: 2 of 3 layers per trip; full: 3) give the same
   loss and gradients, dropout included, from the same stacked parameters; and the same cached

@@ -20,6 +20,8 @@ from xformer.evaluation import evaluator
 from xformer.runtime import metric_writer
 from xformer.workdir import averaging
 
+pytestmark = pytest.mark.slow  # End-to-end: CI's second tier.
+
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SHRINK = ["model.d_model=32", "model.num_heads=2", "model.d_ff=64",
           "model.num_encoder_layers=1", "model.num_decoder_layers=1", "batch_size=8",

@@ -51,8 +51,9 @@ def test_sharded_step_equals_single_device_step(small_files, split_optimizer):
   loss_fn = functools.partial(steps.loss_sums, task=run.task, model=run.model,
                               label_smoothing=run.config.label_smoothing)
   step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, tx=run.tx,
-                                   schedule=run.schedule), device=jax.devices()[0])
-  single_state, single = step(single_state, batch, jax.random.key(1))
+                                   schedule=run.schedule))
+  one = jax.devices()[0]
+  single_state, single = step(*jax.device_put((single_state, batch, jax.random.key(1)), one))
   for k in ("train/loss", "train/grad_norm", "train/tokens"):
     np.testing.assert_allclose(sharded[k], single[k], rtol=1e-5, err_msg=k)
   # Adam's first update is about lr * sign(g): entries with |g| ~ 1e-9 turn summation-order

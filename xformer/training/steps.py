@@ -51,6 +51,12 @@ def loss_sums(params: Any, batch: dict[str, Array], rng: Array | None, step: Arr
   return loss(task.apply(model, params, batch, **kw), targets, weights, label_smoothing)
 
 
+def global_norm(tree) -> jax.Array:
+  """sqrt of the sum of squares of every leaf, in float32 (optax renamed its own across the
+  versions xformer supports: optax.global_norm -> optax.tree.norm)."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, schedule: Callable, grad_accum_steps: int = 1,
                skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, Array]]:
@@ -85,7 +91,7 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *, loss_f
 
   weight = jnp.maximum(sums["weight"], 1.0)
   grads = jax.tree.map(lambda g: g / weight, grads)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   loss = sums["loss"] / weight
