@@ -32,3 +32,14 @@ def test_a_command_on_a_cpu_host_with_accelerator_plugins_installed_is_quiet():
   assert out.stdout.strip(), out.stderr
   for noise in ("INVALID_ARGUMENT", "libtpu", "CUDA", "Traceback"):
     assert noise not in out.stderr, out.stderr
+
+
+def test_mesh_platform_from_either_kind_of_abstract_device():
+  """jax 0.9+ names the platform; jax 0.8 gives only the device kind (xformer/runtime/compat)."""
+  from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+  from xformer.runtime import compat  # pylint: disable=import-outside-toplevel
+  mesh = lambda **device: SimpleNamespace(abstract_device=SimpleNamespace(**device))  # noqa
+  assert compat.mesh_platform(mesh(platform="tpu", device_kind="TPU v5")) == "tpu"
+  assert compat.mesh_platform(mesh(device_kind="TPU v5 lite")) == "tpu"
+  assert compat.mesh_platform(mesh(device_kind="cpu")) == "cpu"
+  assert compat.mesh_platform(mesh(device_kind="NVIDIA H100 80GB HBM3")) == "gpu"

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from xformer import positional
 from xformer.model import splash_cost
+from xformer.runtime import compat
 
 BLOCK = 128  # Splash tiles: row lengths must be multiples of this.
 splash_cost.install(sk)
@@ -88,7 +89,7 @@ def attention(q: Array, k: Array, v: Array, q_segments: Array, kv_segments: Arra
     [B, N, T, H] in q's dtype.
   """
   mesh = jax.sharding.get_abstract_mesh()
-  platform = mesh.abstract_device.platform if not mesh.empty else jax.default_backend()
+  platform = compat.mesh_platform(mesh) if not mesh.empty else jax.default_backend()
   interpret = platform != "tpu"
   # Padding queries must see some key (a row with none is undefined in the kernel): in
   # cross-attention let them see the row's first source segment.
