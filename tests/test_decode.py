@@ -122,8 +122,8 @@ def test_full_width_beam_finds_the_exhaustive_best():
       lasts = [EOS_ID] if length < max_len else range(vocab)
       candidates += [tuple(body) + (last,) for last in lasts]
   logps = _sequence_logps(model, params, src, candidates, max_len)
-  scores = {seq: lp / float(decode.length_penalty(jnp.asarray(len(seq)), alpha))
-            for seq, lp in zip(candidates, logps)}
+  # GNMT's length penalty (Wu et al. 2016, eq. 14), written out: ((5 + |Y|) / 6)^alpha.
+  scores = {seq: lp / ((5 + len(seq)) / 6) ** alpha for seq, lp in zip(candidates, logps)}
   best = max(scores, key=scores.get)
   tokens, beam_scores = decode.beam_translate(model, params, src, max_len=max_len,
                                               beam=vocab**max_len, alpha=alpha)

@@ -39,8 +39,10 @@ def test_v0_translation_run_loads_and_translates_as_before(copy):
   b = xformer.load(str(copy("v0_translation")))
   assert b.step == 200 and b.model_config.posemb == "sinusoidal"
   assert _param_sum(b.params) == pytest.approx(want["param_sum"], rel=1e-6)
-  for scored, logprobs in zip(b.score(want["sources"], want["targets"]), want["logprobs"]):
-    np.testing.assert_allclose(scored.logprobs, logprobs, atol=1e-4)
+  scored = b.score(want["sources"], want["targets"])
+  assert len(scored) == len(want["logprobs"]) == 2
+  for s, logprobs in zip(scored, want["logprobs"]):
+    np.testing.assert_allclose(s.logprobs, logprobs, atol=1e-4)
   assert b.translate(want["sources"] + ["she thanks a poet ."], beam=1) == want["greedy"]
   assert b.translate(want["sources"] + ["she thanks a poet ."], beam=2) == want["beam2"]
 
@@ -50,8 +52,10 @@ def test_v0_lm_run_loads_and_scores_as_before(copy):
   b = xformer.load(str(copy("v0_lm")))
   assert b.step == 200 and b.model_config.posemb == "rope"
   assert _param_sum(b.params) == pytest.approx(want["param_sum"], rel=1e-6)
-  for scored, logprobs in zip(b.score(want["texts"]), want["logprobs"]):
-    np.testing.assert_allclose(scored.logprobs, logprobs, atol=1e-4)
+  scored = b.score(want["texts"])
+  assert len(scored) == len(want["logprobs"]) == 3
+  for s, logprobs in zip(scored, want["logprobs"]):
+    np.testing.assert_allclose(s.logprobs, logprobs, atol=1e-4)
   assert [b.generate("the poet", max_len=16, temperature=0.0)] == want["greedy"]
 
 
