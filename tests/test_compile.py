@@ -223,3 +223,13 @@ def test_gpu_flops_count_every_layer_of_a_scanned_stack():
   fn, args = compile_lib.step_and_args(run, "train")
   looped = flops.lowered_flops(fn.lower(*args))  # The loop counted once: what would mislead.
   assert looped < 0.6 * report["flops_per_step"], (looped, report["flops_per_step"])
+
+
+def test_compiling_for_a_target_leaves_the_compilation_cache_as_it_was():
+  """xformer.compile turns jax's persistent cache off for its compiles (executables for absent
+  devices cannot be cached); the rest of the process must keep the cache it had."""
+  before = jax.config.jax_enable_compilation_cache
+  config = config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
+                                SMALL + ["model.attention_impl=xla"])
+  compile_lib.compile_config(config, "v5p-8", estimate=False, steps=("train",))
+  assert jax.config.jax_enable_compilation_cache == before

@@ -94,6 +94,7 @@ def _flags(small_files, steps):
 
 def test_train_resume_average_and_load_on_gcs(gcs, small_files, tmp_path):
   env, bucket = gcs
+  env = {**env, "HOME": str(tmp_path / "home")}  # Its dataset mirror (~/.cache) stays here.
   workdir = "gs://bkt/runs/tiny"
   first = _run(env, "-m", "xformer.main", *_flags(small_files, 4), f"--workdir={workdir}")
   assert "Training steps 0..4" in first

@@ -160,9 +160,18 @@ def compile_config(config: ml_collections.ConfigDict, target_name: str, *,
                    estimate: bool = True, steps: tuple[str, ...] = ("train", "eval", "decode")
                    ) -> dict[str, Any]:
   """Compiles `config` for `target_name`; returns the report (see the module docstring)."""
-  target = targets.parse(target_name)
-  # Executables for devices that do not exist cannot be cached (nor read back from a cache).
+  # Executables for devices that do not exist cannot be cached (nor read back from a cache):
+  # the persistent cache is off for these compiles, and as it was afterwards.
+  cache = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    return _compile_config(config, targets.parse(target_name), estimate, steps)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cache)
+
+
+def _compile_config(config: ml_collections.ConfigDict, target: targets.Target, estimate: bool,
+                    steps: tuple[str, ...]) -> dict[str, Any]:
   run = build_run(config, target)
   report: dict[str, Any] = {
       "target": target.name, "topology": target.topology, "num_slices": target.num_slices,
