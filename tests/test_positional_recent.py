@@ -1,6 +1,8 @@
 """RoPE context extension, xPos, FIRE, KERPLE-log and randomized positions against the papers'
 formulas, written here independently in numpy (loops over dimension pairs, no shared code)."""
 
+import collections
+import itertools
 import math
 
 import flax.linen as nn
@@ -174,3 +176,33 @@ def test_random_positions_validation():
     model_config.variant("tiny", posemb="learned", max_len=256, random_positions=512)
   with pytest.raises(errors.ConfigError, match="int >= 0"):
     model_config.variant("tiny", random_positions=-1)
+
+
+@pytest.mark.parametrize("m, k", [(3, 2), (5, 3), (6, 2)])
+def test_random_positions_are_uniform_subsets_exactly(m, k):
+  """Ruoss et al. sample k of M positions without replacement: every sorted k-subset has
+  probability 1 / C(M, k). (Flooring sorted uniforms gave {0, 2} 1/2 and {0, 1}, {1, 2} 1/4
+  each at M=3, k=2.) Two packed segments of k tokens each in one row: both uniform."""
+  n = 30_000
+  segments = 2 if 2 * k <= m else 1  # Two packed segments where the row has room for them.
+  positions = jnp.array([list(range(k)) * segments])
+  valid = jnp.ones_like(positions, bool)
+  draws = np.asarray(jax.vmap(lambda key: random_positions.sample(key, positions, valid, m))(
+      jax.random.split(jax.random.key(0), n)))[:, 0]  # [n, T]
+  subsets = list(itertools.combinations(range(m), k))
+  for start in range(0, positions.shape[1], k):
+    counts = collections.Counter(tuple(row) for row in draws[:, start:start + k])
+    assert set(counts) == set(subsets)
+    p = 1 / len(subsets)
+    for subset in subsets:  # Within 5 standard deviations of the exact frequency.
+      assert abs(counts[subset] / n - p) < 5 * math.sqrt(p * (1 - p) / n), (subset, counts)
+
+
+def test_random_positions_keep_adjacent_pairs_at_their_uniform_rate():
+  """A uniform k-subset of [0, M) holds k (k - 1) / M adjacent pairs on average: at k=64,
+  M=128 half the gaps are 1 (floored sorted uniforms gave 0.37)."""
+  positions, valid = jnp.arange(64)[None], jnp.ones((1, 64), bool)
+  draws = np.asarray(jax.vmap(lambda key: random_positions.sample(key, positions, valid, 128))(
+      jax.random.split(jax.random.key(3), 2000)))[:, 0]
+  adjacent = (np.diff(draws, axis=-1) == 1).mean()
+  assert abs(adjacent - 64 / 128) < 0.01, adjacent
