@@ -47,11 +47,46 @@ def test_rope_scaled_frequencies_match_papers(scaling):
       r = length / (2 * math.pi / t)
       ramp = 0.0 if r < 1 else 1.0 if r > 32 else (r - 1) / 31
       want.append((1 - ramp) * t / s + ramp * t)
-  got = rope_scaling.frequencies(h, base, scaling, s, original_len=length)
+  got = rope_scaling.frequencies(h, base, scaling, s, original_len=length, ramp="ratio")
   np.testing.assert_allclose(got, np.array(want), rtol=1e-6)
   if scaling != "linear":  # NTK and YaRN (long wavelengths only, at L=4096) keep the fastest pair
     fast = rope_scaling.frequencies(h, base, scaling, s, original_len=4096)[0]
     assert fast == pytest.approx(theta[0], rel=1e-6) and got[-1] < theta[-1] / 2
+
+
+def _yarn_reference_inv_freq(dim, base, factor, original_max, beta_fast=32, beta_slow=1):
+  """YaRN's frequencies as the authors' code computes them (jquesnelle/yarn, scaled_rope;
+  the same steps as HF transformers' _compute_yarn_parameters), step by step in numpy."""
+  def correction_dim(num_rotations):
+    return (dim * math.log(original_max / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+  low = max(math.floor(correction_dim(beta_fast)), 0)
+  high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+  if low == high:
+    high += 0.001
+  ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+  pos_freqs = base ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
+  extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+  keep = 1 - ramp  # inv_freq_extrapolation_factor
+  return interpolation * (1 - keep) + extrapolation * keep
+
+
+@pytest.mark.parametrize("dim, factor, original_max", [(128, 16.0, 4096), (64, 4.0, 2048),
+                                                       (32, 8.0, 64)])
+def test_yarn_default_ramp_is_the_authors_code(dim, factor, original_max):
+  got = rope_scaling.frequencies(dim, 10_000.0, "yarn", factor, original_len=original_max)
+  want = _yarn_reference_inv_freq(dim, 10_000.0, factor, original_max)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  paper = rope_scaling.frequencies(dim, 10_000.0, "yarn", factor, original_len=original_max,
+                                   ramp="ratio")
+  if dim == 128:  # The two readings part: many pairs differ, by up to ~2/3 of their speed.
+    differ = np.abs(paper / got - 1) > 1e-3
+    assert differ.sum() >= 20 and np.max(np.abs(paper / got - 1)) > 0.5
+
+
+def test_yarn_ramp_is_checked_by_name():
+  with pytest.raises(errors.ConfigError, match=r"yarn_ramp='linear' is not valid"):
+    model_config.variant("tiny", posemb="rope", posemb_kw={
+        "scaling": "yarn", "factor": 4.0, "original_len": 64, "yarn_ramp": "linear"})
 
 
 @pytest.mark.parametrize("scaling", ["none", "linear", "ntk", "yarn"])
@@ -206,3 +241,13 @@ def test_random_positions_keep_adjacent_pairs_at_their_uniform_rate():
       jax.random.split(jax.random.key(3), 2000)))[:, 0]
   adjacent = (np.diff(draws, axis=-1) == 1).mean()
   assert abs(adjacent - 64 / 128) < 0.01, adjacent
+
+
+def test_a_run_saved_before_the_yarn_ramp_option_keeps_the_papers_ramp():
+  from xformer.workdir import record  # pylint: disable=import-outside-toplevel
+  saved = {"version": 2, "task": "lm", "model": {
+      "variant": "lm_mini", "posemb": "rope",
+      "posemb_kw": {"rope": {"scaling": "yarn", "factor": 4.0, "original_len": 64}}}}
+  assert record.from_saved(saved).model.posemb_kw.rope.yarn_ramp == "ratio"
+  saved["model"]["posemb_kw"]["rope"]["yarn_ramp"] = "index"
+  assert record.from_saved(saved).model.posemb_kw.rope.yarn_ramp == "index"

@@ -26,6 +26,8 @@ class RoPE(PositionalEncoding):
     factor: s, how many times the trained context the model reads (>= 1).
     original_len: the sequence length the model was trained on (YaRN's L).
     yarn_alpha, yarn_beta: YaRN's ramp bounds (1 and 32 in the paper, for Llama).
+    yarn_ramp: "index" (the authors' code, as HF transformers and vLLM; the default) or
+      "ratio" (the paper's equation): rope_scaling.py says how they differ.
   """
 
   HOOKS = frozenset({ROTATE})
@@ -35,10 +37,12 @@ class RoPE(PositionalEncoding):
   original_len: int = 0
   yarn_alpha: float = 1.0
   yarn_beta: float = 32.0
+  yarn_ramp: str = "index"
 
   @classmethod
   def check_kwargs(cls, kwargs: dict[str, Any]) -> str | None:
-    return rope_scaling.check(kwargs["scaling"], kwargs["factor"], kwargs["original_len"])
+    return rope_scaling.check(kwargs["scaling"], kwargs["factor"], kwargs["original_len"],
+                              kwargs["yarn_ramp"])
 
   def rotate_fn(self) -> Callable[[Array, Array, str], Array]:
     mscale = rope_scaling.attention_factor(self.scaling, self.factor)  # 1 but for YaRN
@@ -46,7 +50,8 @@ class RoPE(PositionalEncoding):
     def rotate(x: Array, positions: Array, role: str) -> Array:
       del role  # Queries and keys alike: logits scale by mscale^2, i.e. 1 / t.
       theta = rope_scaling.frequencies(x.shape[-1], self.base, self.scaling, self.factor,
-                                       self.original_len, self.yarn_alpha, self.yarn_beta)
+                                       self.original_len, self.yarn_alpha, self.yarn_beta,
+                                       self.yarn_ramp)
       rotated = rope_scaling.rotate(x, positions, theta)  # [B, T, N, H] float32
       return (rotated if mscale == 1.0 else rotated * mscale).astype(x.dtype)
 

@@ -72,6 +72,9 @@ def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
     if model.get("attention_impl") is None:
       model["attention_impl"] = "xla"
     saved["version"] = 2
+  rope = saved["model"].get("posemb_kw", {}).get("rope")
+  if rope is not None and rope.get("scaling") == "yarn" and "yarn_ramp" not in rope:
+    rope["yarn_ramp"] = "ratio"  # Trained with YaRN before the reference ramp was the default.
   return saved
 
 
