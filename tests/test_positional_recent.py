@@ -251,3 +251,32 @@ def test_a_run_saved_before_the_yarn_ramp_option_keeps_the_papers_ramp():
   assert record.from_saved(saved).model.posemb_kw.rope.yarn_ramp == "ratio"
   saved["model"]["posemb_kw"]["rope"]["yarn_ramp"] = "index"
   assert record.from_saved(saved).model.posemb_kw.rope.yarn_ramp == "index"
+
+
+def test_kerple_reads_its_parameters_clipped_and_they_can_recover():
+  """Below min_value the bias uses min_value, yet the gradient still reaches the parameter
+  (a jnp.maximum clip would give it zero, and a parameter there could never come back)."""
+  module = positional.make("kerple_log", {"min_value": 0.01}, d_model=16, num_heads=2,
+                           max_len=16)
+  qp, kp = jnp.array([[0, 1, 2]]), jnp.array([[0, 1, 2]])
+  variables = nn.unbox(module.init(jax.random.key(0), qp, kp, method="bias"))
+  params = {"params": {"r1": jnp.array([0.5, -0.3]), "r2": jnp.array([-1.0, 0.2])}}
+  bias = np.asarray(module.apply(params, qp, kp, method="bias"))
+  want = kerple_log_bias(qp, kp, jnp.array([0.5, 0.01]), jnp.array([0.01, 0.2]))
+  np.testing.assert_allclose(bias, want, rtol=1e-6)
+  grads = jax.grad(lambda p: module.apply(p, qp, kp, method="bias").sum())(params)["params"]
+  assert float(grads["r1"][1]) != 0.0 and float(grads["r2"][0]) != 0.0
+  assert set(variables["params"]) == {"r1", "r2"}
+
+
+def test_xpos_refuses_positions_its_float32_scale_cannot_hold():
+  limit = positional.get("xpos").position_limit({"gamma": 0.4, "scale_base": 512.0})
+  assert 35_500 < limit < 36_000  # -ln(float32's smallest normal) * 512 / ln(1.4 / 0.4).
+  scale = np.asarray(xpos_scale(jnp.array([limit - 100, limit + 1000]), 8))[:, 0]  # zeta_0
+  assert scale[0] > 0 and np.isfinite(1 / scale[0])
+  assert scale[1] == 0 or scale[1] < np.finfo(np.float32).tiny  # Flushed, or denormal.
+  from xformer import config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_file("configs/lm_default.py", overrides=[
+      "model.posemb=xpos", "model.random_positions=40000", "model.max_len=40000"])
+  with pytest.raises(errors.ConfigError, match="cannot represent positions past 35"):
+    config_lib.validate(config)

@@ -177,6 +177,12 @@ def _check_lengths(config, task, cfg: model.ModelConfig) -> None:
         f"this run reads sequences of up to {longest} tokens (data lengths, and for translation "
         f"max_source_len + decode.max_extra = {config.data.max_source_len} + "
         f"{settings.max_extra}). Set --config.model.max_len={longest} or shorten those.")
+  limit = positional.get(cfg.posemb).position_limit(
+      {**positional.default_kwargs(cfg.posemb), **dict(cfg.posemb_kw)})
+  if limit is not None and max(longest, cfg.random_positions) > limit:
+    raise errors.ConfigError(
+        f"model.posemb={cfg.posemb!r} cannot represent positions past {limit} in float32, but "
+        f"this run reaches {max(longest, cfg.random_positions)}.")
   if 0 < cfg.random_positions < longest:
     raise errors.ConfigError(
         f"model.random_positions={cfg.random_positions} must be at least the longest sequence "

@@ -58,6 +58,12 @@ class PositionalEncoding(nn.Module):
     raise NotImplementedError
 
   @classmethod
+  def position_limit(cls, kwargs: dict[str, Any]) -> int | None:
+    """The first position this encoding cannot represent with these arguments (None: none)."""
+    del kwargs
+    return None
+
+  @classmethod
   def check_kwargs(cls, kwargs: dict[str, Any]) -> str | None:
     """Why these keyword argument values are invalid (a sentence), or None. Runs in validation,
     before anything is traced; override to check values, not only names."""

@@ -93,7 +93,8 @@ class KerpleLog(PositionalEncoding):
 
   A conditionally positive definite kernel of the distance, so it is symmetric and applies as is
   to a bidirectional encoder. r1 and r2 start uniform in (0, 2) and (0, 1) as in the paper's code
-  and are clipped at `min_value` (the paper's positivity constraint).
+  and are read clipped at `min_value` (the paper's positivity constraint), with the gradient
+  passed straight through so a parameter below the bound can recover.
   """
 
   HOOKS = frozenset({BIAS})
@@ -103,6 +104,11 @@ class KerpleLog(PositionalEncoding):
   def bias(self, q_positions: Array, k_positions: Array) -> Array:
     def positive(name: str, scale: float) -> Array:
       init = nn.with_logical_partitioning(nn.initializers.uniform(scale), ("heads",))
-      return jnp.maximum(self.param(name, init, (self.num_heads,), jnp.float32), self.min_value)
+      value = self.param(name, init, (self.num_heads,), jnp.float32)
+      # Straight through: the forward pass reads the value clipped at min_value, the gradient
+      # reaches the parameter as if unclipped, so one pushed below the bound can come back (the
+      # authors clamp the parameter itself after each step; jnp.maximum's zero gradient below
+      # the bound would hold it there for good).
+      return value + jax.lax.stop_gradient(jnp.maximum(value, self.min_value) - value)
 
     return kerple_log_bias(q_positions, k_positions, positive("r1", 2.0), positive("r2", 1.0))

@@ -3,10 +3,12 @@ rope_scaling.py) and `xpos`."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xformer.positional import rope_scaling
 from xformer.positional.base import KEY, QUERY, ROTATE, PositionalEncoding, register
@@ -67,14 +69,22 @@ class XPos(PositionalEncoding):
   n <= m. The paper is causal. In a bidirectional encoder a key after the query (n > m) would be
   amplified instead (zeta^(negative) > 1), growing without bound with distance: the encoder
   stack therefore applies plain RoPE (no scale), and the decay is a decoder-side property.
-  Positions are not re-centred (the paper's implementation centres them on each block); in float32
-  queries' and keys' scales stay representable to tens of thousands of positions at scale_base 512.
+  Positions are not re-centred (the paper's implementation centres them on each block): in
+  float32 the keys' scale zeta_0^(-p / scale_base) overflows past `position_limit` (about 35.7K
+  positions at gamma 0.4, scale_base 512), and validation refuses longer sequences.
   """
 
   HOOKS = frozenset({ROTATE})
   base: float = 10_000.0
   gamma: float = 0.4
   scale_base: float = 512.0
+
+  @classmethod
+  def position_limit(cls, kwargs: dict[str, Any]) -> int | None:
+    """Where zeta_0^(p / scale_base), the smallest query scale, leaves float32's normal range
+    (accelerators flush smaller values to zero, and the key scale 1 / it to infinity)."""
+    zeta_0 = kwargs["gamma"] / (1.0 + kwargs["gamma"])
+    return int(-math.log(np.finfo(np.float32).tiny) * kwargs["scale_base"] / -math.log(zeta_0))
 
   def rotate_fn(self) -> Callable[[Array, Array, str], Array]:
     def rotate(x: Array, positions: Array, role: str) -> Array:
