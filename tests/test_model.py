@@ -10,6 +10,7 @@ import dataclasses
 import io
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -359,3 +360,33 @@ def test_a_layer_keeps_only_lean_residuals_for_its_backward_pass():
   # A select's other branch (zeros) kept as a residual: an activation-sized constant.
   assert not re.search(rf"^\w+\[2,{t},(64|96)\] output of (broadcast_in_dim|jitted function "
                        "'_where')", out.getvalue(), re.M), out.getvalue()
+
+
+def _np_layer_norm(x, p, eps):
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * np.asarray(p["scale"]) + np.asarray(p["bias"])
+
+
+def test_a_pre_norm_swiglu_encoder_layer_equals_numpy():
+  """x + Attn(LN(x)), then + SwiGLU(LN(.)) with SwiGLU(y) = (silu(y W) * (y V)) W_o (Shazeer
+  2020; no biases), every weight read from the layer's parameters, computed in float64."""
+  from test_attention import numpy_mha  # pylint: disable=import-outside-toplevel
+  cfg = model_config.variant("tiny", vocab_size=50, d_model=16, num_heads=2, d_ff=24,
+                             norm="pre", activation="swiglu", dropout=0.0)
+  layer = model_lib.EncoderLayer(cfg, None, deterministic=True)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 16)).astype(np.float32)
+  ctx = model_lib.Context(masks.Mask(jnp.ones((2, 5), jnp.int32), jnp.ones((2, 5), jnp.int32)))
+  params = nn.unbox(layer.init(jax.random.key(0), jnp.asarray(x), ctx))["params"]
+  params = jax.tree.map(  # LayerNorm's scale 1 and bias 0 at init would hide a swap.
+      lambda p: p + rng.normal(size=p.shape).astype(np.float32) * 0.1, params)
+  got, _ = layer.apply({"params": params}, jnp.asarray(x), ctx)
+  eps, x64 = cfg.layer_norm_eps, x.astype(np.float64)
+  y = _np_layer_norm(x64, params["norm_attention"], eps)
+  h = x64 + numpy_mha(params["self_attention"], y, y, np.ones((2, 1, 5, 5), bool),
+                      np.zeros((2, 2, 5, 5)))
+  y = _np_layer_norm(h, params["norm_ffn"], eps)
+  w, v, wo = (np.asarray(params["ffn"][n]["kernel"], np.float64) for n in ("wi", "wi_up", "wo"))
+  gate = y @ w
+  want = h + (gate / (1 + np.exp(-gate)) * (y @ v)) @ wo
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
