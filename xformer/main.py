@@ -15,6 +15,8 @@ from xformer.runtime import cli, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, tokenizer).")
+_FORCE = flags.DEFINE_bool("force_takeover", False, "Take the workdir over from a run that "
+                           "still holds its lease (see xformer/workdir/lease.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,7 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_takeover=_FORCE.value)
 
 
 if __name__ == "__main__":

@@ -26,18 +26,35 @@ from xformer.training import profiling
 from xformer.training.host_checks import HostChecks, NonFiniteLossError, batch_crc  # noqa: F401
 from xformer.training.run import Run
 from xformer.training.steps import TrainState
-from xformer.workdir import provenance, record
+from xformer.workdir import lease, provenance, record
 from xformer.workdir.checkpoint import Checkpointer, CorruptCheckpointError
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       force_takeover: bool = False) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics.
+
+  Process 0 holds the workdir's lease while it trains (workdir/lease.py): a second run on the
+  same workdir stops before writing anything, unless `force_takeover`."""
   start_time = time.time()
   model_config = config_lib.validate(config)  # Config errors first: before anything is touched.
   sharding.maybe_initialize_distributed()  # Before anything (orbax too) starts the backend.
   mesh = sharding.make_mesh(config.mesh.to_dict())
   config_lib.check_mesh(config, dict(mesh.shape), jax.process_count())
-  workdir = _writable_workdir(workdir)
+  workdir = _absolute(workdir)
+  held = lease.acquire(workdir, force=force_takeover, say=log_line) if (
+      jax.process_index() == 0) else None
+  try:
+    return _train(config, workdir, model_config, mesh, held, start_time)
+  finally:
+    if held is not None:
+      held.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, model_config, mesh,
+           held: lease.Lease | None, start_time: float) -> dict[str, float]:
+  """train_and_evaluate once the config is checked and the workdir is this run's."""
+  _check_writable(workdir)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                       async_save=config.async_checkpoints)
   if _finished(config, ckpt, workdir):
@@ -57,7 +74,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log_line(f"Training steps {first}..{config.num_train_steps} in {workdir}")
   try:
     state, stopped = _train_steps(config, run, state, train_iter, first, ckpt, ctx, writer,
-                                  checks, stop, profiler)
+                                  checks, stop, profiler, held)
     if stopped:
       return {}
     checks.flush()
@@ -75,11 +92,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_steps(config, run, state, train_iter, first, ckpt, ctx, writer, checks, stop,
-                 profiler) -> tuple[TrainState, bool]:
+                 profiler, held) -> tuple[TrainState, bool]:
   """Steps first+1 .. num_train_steps with their checks, saves and evaluations; returns the
   state and whether a stop signal ended them early (its checkpoint saved)."""
   rng = jax.random.key(config.seed + 1)
   for step in range(first + 1, config.num_train_steps + 1):
+    if held is not None:
+      held.check()  # Taken over by another run: stop before writing anything more.
     profiler.before(step)
     waited = time.perf_counter()
     host_batch = next(train_iter)
@@ -138,11 +157,13 @@ def describe(run: Run, inputs: Inputs | None = None) -> str:
   return "\n".join(lines)
 
 
-def _writable_workdir(workdir: str) -> str:
-  """The absolute workdir (gs://... as it is), after a probe write: an unwritable workdir fails
-  at start, not at the first save an hour later."""
-  if "://" not in workdir:
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+def _absolute(workdir: str) -> str:
+  """The absolute workdir (gs://... as it is)."""
+  return workdir if "://" in workdir else os.path.abspath(os.path.expanduser(workdir))
+
+
+def _check_writable(workdir: str) -> None:
+  """A probe write: an unwritable workdir fails at start, not at the first save an hour later."""
   try:
     (epath.Path(workdir) / "checkpoints").mkdir(parents=True, exist_ok=True)
     # The pid: several processes may probe the same (shared) workdir at once.
@@ -152,7 +173,6 @@ def _writable_workdir(workdir: str) -> str:
   except OSError as e:
     raise errors.WorkdirError(f"The workdir {workdir} cannot be written ({e}); nothing was "
                               "trained. Pick a writable --workdir (with free space).") from e
-  return workdir
 
 
 def _finished(config: ml_collections.ConfigDict, ckpt: Checkpointer, workdir: str) -> bool:
