@@ -117,8 +117,11 @@ def test_estimate_counts_every_layer_scanned_unrolled_or_rematerialized():
   # Attention runs through the splash kernels, and the cost model prices them (splash_cost).
   assert scanned["attention"].startswith("splash") and not scanned["unpriced_custom_calls"]
   assert any("splash_mha_dkv" in k for k in scanned["steps"]["train"]["kernels"])
+  # The compiler's count over the model FLOPs (matmuls only; tests/test_flops.py checks them):
+  # 1.28 with libtpu 0.0.42 here, the excess being this mini model's norms, softmax, dropout
+  # and Adam beside its small matmuls. A layer more or less moves it by > 8%.
   ratio = scanned["flops_per_step"] / scanned["model_flops_per_step"]
-  assert 0.8 < ratio < 1.6, ratio  # The compiler's count against the 6N + attention formula.
+  assert 1.18 < ratio < 1.38, ratio
   remat = compile_lib.compile_config(
       config_lib.load_file(f"{REPO}/configs/wmt_base.py", None,
                            deep + ["model.scan_unroll=1", "model.remat=full"]),
@@ -187,8 +190,9 @@ def test_wmt_base_compiles_for_h100x8_with_cudnn_attention():
   report = compile_lib.compile_config(config, "h100x8", steps=("train",))
   assert report["fits"] and report["est_step_s"] is None
   assert any("cudnn" in c for c in report["steps"]["train"]["kernels"])
-  # GPU FLOPs from the unpartitioned step (the fused attention counts zero), all 8 devices.
-  assert 0.85 < report["flops_per_step"] / report["model_flops_per_step"] < 1.2
+  # GPU FLOPs from the unpartitioned step, all 8 devices: 0.95 of the model FLOPs, below one
+  # because the fused attention counts zero (its ~7% of the step) and norms etc. add ~2%.
+  assert 0.88 < report["flops_per_step"] / report["model_flops_per_step"] < 1.03
 
 
 def test_estimate_counts_every_loss_chunk():
@@ -218,7 +222,9 @@ def test_gpu_flops_count_every_layer_of_a_scanned_stack():
       "model.attention_impl=xla", "batch_size=16", "tokenizer.vocab_size=512"])
   report = compile_lib.compile_config(config, "h100", steps=("train",))
   assert report["estimated_from"].startswith("unrolled lowering")
-  assert 0.8 < report["flops_per_step"] / report["model_flops_per_step"] < 1.6
+  # 1.19: XLA attention computes the masked half of the causal scores the model FLOPs skip,
+  # and the small model's norms and Adam add the rest.
+  assert 1.10 < report["flops_per_step"] / report["model_flops_per_step"] < 1.29
   run = compile_lib.build_run(config, targets.parse("h100"))
   fn, args = compile_lib.step_and_args(run, "train")
   looped = flops.lowered_flops(fn.lower(*args))  # The loop counted once: what would mislead.

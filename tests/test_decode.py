@@ -13,13 +13,13 @@ from xformer.model import config as model_config
 from xformer.model import decode
 
 
-def _model(vocab, posemb="rope", seed=0):
+def _model(vocab, posemb="rope", seed=0, sharpen=3.0):
   cfg = model_config.variant("tiny", vocab_size=vocab, d_model=32, num_heads=2, d_ff=64,
                          num_encoder_layers=1, num_decoder_layers=2, posemb=posemb, dropout=0.0)
   model = model_lib.Transformer(cfg)
   params = model_lib.init_params(model, jax.random.key(seed))
   # Sharpen the random model so that greedy and beam choices are far from ties.
-  params = jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, params)
+  params = jax.tree.map(lambda x: x * sharpen if x.ndim >= 2 else x, params)
   return model, params
 
 
@@ -134,6 +134,55 @@ def test_full_width_beam_finds_the_exhaustive_best():
   second = sorted(scores.values())[-2]
   np.testing.assert_allclose(float(beam_scores[0, 1]), second, rtol=1e-4)
 
+
+def _next_logps(model, params, src, prefixes, length):
+  """log P(next token | src, prefix) [len(prefixes), V] by the full (uncached) model."""
+  tgt_in = np.zeros((len(prefixes), length), np.int32)
+  tgt_in[:, 0] = BOS_ID
+  for i, prefix in enumerate(prefixes):
+    tgt_in[i, 1:len(prefix) + 1] = prefix
+  logits = jax.jit(model.apply)({"params": params}, jnp.repeat(src, len(prefixes), 0), tgt_in)
+  logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
+  return np.stack([logp[i, len(prefix)] for i, prefix in enumerate(prefixes)])
+
+
+def _reference_beam(model, params, src, max_len, beam, alpha):
+  """Beam search as the decode module documents it, in plain Python over the full model: K
+  alive hypotheses, the 2K best extensions, ended ones (EOS or max_len) scored logP / lp into
+  the K best finished; stops when the best alive, at the longest length's penalty, cannot beat
+  the worst finished one."""
+  lp = lambda n: ((5 + n) / 6) ** alpha
+  alive, finished = [((), 0.0)], []  # (tokens, logP); (score, tokens)
+  for i in range(max_len):
+    logps = _next_logps(model, params, src, [seq for seq, _ in alive], max_len)
+    cands = sorted(((seq + (t,), score + logps[k, t]) for k, (seq, score) in enumerate(alive)
+                    for t in range(logps.shape[1])), key=lambda c: -c[1])[:2 * beam]
+    ended = [c for c in cands if c[0][-1] == EOS_ID or i == max_len - 1]
+    finished = sorted(finished + [(score / lp(i + 1), seq) for seq, score in ended],
+                      reverse=True)[:beam]
+    alive = [c for c in cands if c not in ended][:beam]
+    if len(finished) == beam and (not alive or alive[0][1] / lp(max_len) < finished[-1][0]):
+      break
+  return finished
+
+
+def test_narrow_beam_prunes_as_the_reference_and_misses_the_exhaustive_best():
+  vocab, max_len, alpha = 6, 5, 0.6
+  model, params = _model(vocab, seed=2, sharpen=1.0)  # Flatter: pruning loses the best.
+  missed = 0
+  for row in range(6):
+    src = jax.random.randint(jax.random.key(10 + row), (1, 5), 3, vocab)
+    for beam in (3, 2):
+      want = _reference_beam(model, params, src, max_len, beam, alpha)
+      tokens, scores = decode.beam_translate(model, params, src, max_len=max_len, beam=beam,
+                                             alpha=alpha)
+      got = [tuple(int(t) for t in tokens[0, k][:len(seq)]) for k, (_, seq) in enumerate(want)]
+      assert got == [seq for _, seq in want], (row, beam)
+      np.testing.assert_allclose(np.asarray(scores[0]), [s for s, _ in want], rtol=1e-4)
+    wide = decode.beam_translate(model, params, src, max_len=max_len, beam=vocab**max_len,
+                                 alpha=alpha)[1]
+    missed += float(scores[0, 0]) < float(wide[0, 0]) - 1e-4  # Beam 2's best.
+  assert missed, "no row where the narrow beam pruned the best: the case tests nothing"
 
 def test_top_k_one_sampling_equals_greedy_and_is_seeded():
   cfg = model_config.variant("tiny", vocab_size=30, d_model=32, num_heads=2, d_ff=64,
