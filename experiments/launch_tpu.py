@@ -19,6 +19,10 @@ detached, survives the launching machine going away, and a rerun recovers from p
            it copies the prepared data to local disk and trains each run, logging to
            ~/xformer_logs and copying each log to `<workdir>/logs/`. Runs resume from their
            newest checkpoint in gs://, so a relaunch after a preemption continues them.
+           On a VM that was READY, `launch` first asks every host whether its job still
+           runs: if one does, it says so and starts nothing (the laptop lost its SSH session,
+           the job did not); `--restart` stops that job (SIGTERM: it saves and exits) and
+           starts again. Each run also holds its workdir's lease (xformer/workdir/lease.py).
 `status` shows the VM state and each host's training process and last log lines, `logs` the
 last `--lines` of worker 0's logs, `collect` copies every run directory (config, metrics,
 tokenizer, checkpoints: what `pe_sweep --collect_only` and `xformer.load` read) to `--out`,
@@ -159,6 +163,8 @@ def build_commands(args, state: str | None = "?") -> list[tuple[str, list[str]]]
   cmds.append(("prepare", prepare_command(args)))
   script = tpu_host.job_script(runs(args), shared_data=f"{root}/data",
                                local_data=tpu_host.LOCAL_DATA)
+  if args.restart:
+    cmds.append(("train", _ssh(args, tpu_host.stop_command())))
   cmds.append(("train", _ssh(args, tpu_host.start_detached(script))))
   return [(stage, argv) for stage, argv in cmds if stage in args.stages]
 
@@ -189,6 +195,8 @@ def parse_args(argv=None):
   p.add_argument("--lines", type=int, default=100, help="logs: lines per log.")
   p.add_argument("--stages", default=",".join(STAGES), help="launch: which stages.")
   p.add_argument("--dry_run", action="store_true", help="Print the commands, run nothing.")
+  p.add_argument("--restart", action="store_true",
+                 help="launch: stop a job still running on the VM (it saves), then start.")
   args = p.parse_args(argv)
   args.stages = tuple(args.stages.split(","))
   bad = set(args.stages) - set(STAGES)
@@ -206,12 +214,30 @@ def vm_state(args) -> str | None:
   return out.stdout.strip() or "UNKNOWN" if out.returncode == 0 else None
 
 
+def training_hosts(args) -> list[str]:
+  """Lines `<host> xformer-job-running <pids>` of the hosts whose job script still runs."""
+  out = subprocess.run(_ssh(args, tpu_host.running_command()), capture_output=True, text=True,
+                       check=False)
+  if out.returncode:
+    print(f"[train] could not ask the hosts whether a job runs ({out.stderr.strip()[-300:]}); "
+          "starting anyway.", flush=True)
+  return [line for line in out.stdout.splitlines() if tpu_host.RUNNING_MARK in line]
+
+
 def main(argv=None) -> list[str]:
   args = parse_args(argv)
   state = "?"
   if args.verb == "launch" and "create" in args.stages and not args.dry_run:
     state = vm_state(args)
     print(f"[create] {args.tpu} is {state or 'absent'}", flush=True)
+  if (args.verb == "launch" and "train" in args.stages and state in ("READY", "?")
+      and not args.dry_run and not args.restart):
+    running = training_hosts(args)
+    if running:
+      print(f"[train] {args.tpu} is still training ({len(running)} host(s): "
+            f"{'; '.join(running)}); not starting a second copy. Follow it with `status` or "
+            "`logs`; `launch --restart` stops it (it saves) and starts again.", flush=True)
+      return []
   if args.verb == "launch" and args.dry_run and "create" in args.stages:
     print("# create: `describe` first; a PREEMPTED/TERMINATED/SUSPENDED VM is deleted and "
           "recreated, an absent one created, a READY one kept:\n" + shlex.join(describe(args)))

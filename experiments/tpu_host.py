@@ -57,6 +57,29 @@ def start_detached(script: str) -> str:
           f"setsid nohup bash {SCRIPT} >> {LOG_DIR}/job.log 2>&1 < /dev/null &")
 
 
+# The job script's processes, found by its name ([x]: the pattern does not match the shell that
+# runs the search). Only jobs this launcher started: a run started by hand is the user's own.
+_JOB = "'[x]former_job.sh'"
+RUNNING_MARK = "xformer-job-running"
+
+
+def running_command() -> str:
+  """Prints `<host> xformer-job-running <pids>` on a host whose job script still runs."""
+  return (f"pids=$(pgrep -f {_JOB} | tr '\\n' ' '); "
+          f"if [ -n \"$pids\" ]; then echo \"$(hostname) {RUNNING_MARK} $pids\"; fi; true")
+
+
+def stop_command(timeout_s: int = 600) -> str:
+  """SIGTERM to each running job's process group (the script and its xformer.main, which saves
+  a checkpoint, releases the workdir lease and exits), then waits up to `timeout_s` until no
+  process of those groups is left (zombies aside: their parent reaps them, not us)."""
+  return (f"groups=$(for p in $(pgrep -f {_JOB}); do ps -o pgid= $p; done | sort -u); "
+          "for g in $groups; do kill -TERM -- -$g 2>/dev/null; done; "
+          f"for i in $(seq {int(timeout_s)}); do left=; for g in $groups; do "
+          "ps -o stat= -g $g | grep -qv '^Z' && left=1; done; [ -z \"$left\" ] && exit 0; sleep 1; done; "
+          "echo 'the running job did not stop' >&2; exit 1")
+
+
 def status_command() -> str:
   return (f"echo \"== $(hostname)\"; pgrep -af 'xformer.main' || echo 'no training process'; "
           f"tail -n 2 {LOG_DIR}/*.log 2>/dev/null || true")

@@ -15,6 +15,7 @@ import pytest
 import xformer
 from xformer import errors, train
 from xformer.data import pipeline
+from xformer.data.tokenizer import BOS_ID, EOS_ID
 from xformer.evaluation import viz
 from xformer.training import steps
 from xformer.workdir import bundle
@@ -86,7 +87,15 @@ def test_load_gives_one_device_params_and_score_equals_the_training_nll(small_fi
   np.testing.assert_allclose(scored.nll, float(sums["nll"] / sums["weight"]), rtol=1e-5)
   assert int(sums["weight"]) == len(scored.ids)
   hyp = b.translate(src, beam=1)
-  assert isinstance(hyp, str) and b.translate([src, src], beam=1) == [hyp, hyp]
+  assert b.translate([src, src], beam=1) == [hyp, hyp]
+  # Greedy (cached decode): each output token is the full model's argmax after the ones before.
+  rows, _ = b.rows([b.tokenizer.encode(src) + [EOS_ID]])
+  out = np.asarray(b.run.translate(b.params, rows, b.decode_settings(beam_size=1))[0])[0, 0]
+  assert b.tokenizer.decode(out) == hyp
+  tgt_in = np.concatenate([[BOS_ID], out[:-1]])[None]
+  logp = np.asarray(jax.nn.log_softmax(b.model.apply({"params": b.params}, rows[:1], tgt_in)))
+  n = int(np.sum(out != 0))
+  np.testing.assert_allclose(logp[0, np.arange(n), out[:n]], logp[0, :n].max(-1), atol=1e-4)
   # Attention maps: rows sum to one; shapes follow the pieces.
   maps = b.attention_maps(src, tgt)
   cfg = b.model_config

@@ -78,6 +78,12 @@ FAKE_GCLOUD = """#!/usr/bin/env bash
 # Records its calls; `storage rsync|cp SRC DST` copies like the real one, gs://bkt = $FAKE_GCS.
 echo "$*" >> "$FAKE_GCLOUD_LOG"
 map() { echo "${1/gs:\\/\\/bkt/$FAKE_GCS}"; }
+if [ "$1 $2 $3 $5" = "compute tpus tpu-vm describe" ] || [ "$4" = describe ]; then
+  echo "${FAKE_STATE:-READY}"; exit 0
+fi
+if [ "$4" = ssh ]; then  # Runs the --command here, as every worker would.
+  for a in "$@"; do case "$a" in --command=*) exec bash -c "${a#--command=}";; esac; done
+fi
 if [ "$1" = storage ]; then
   src=$(map "${@: -2:1}"); dst=$(map "${@: -1}")
   mkdir -p "$(dirname "$dst")"
@@ -144,3 +150,46 @@ def test_job_script_runs_on_two_hosts_survives_preemption_and_resumes(small_file
   calls = (tmp_path / "gcloud.log").read_text().splitlines()
   assert sum(c.startswith("storage rsync -r gs://bkt/data") for c in calls) == 4  # 2 hosts x 2
   assert any(c.startswith("storage cp") and "/run/logs/" in c for c in calls), calls
+
+
+def _fake_gcloud(tmp_path, monkeypatch):
+  (tmp_path / "bin").mkdir()
+  (tmp_path / "bin" / "gcloud").write_text(FAKE_GCLOUD)
+  (tmp_path / "bin" / "gcloud").chmod(0o755)
+  monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.setenv("FAKE_GCS", str(tmp_path / "gcs"))
+  monkeypatch.setenv("FAKE_GCLOUD_LOG", str(tmp_path / "gcloud.log"))
+  monkeypatch.setenv("FAKE_STATE", "READY")
+  return lambda: (tmp_path / "gcloud.log").read_text().splitlines()
+
+
+def test_launch_on_a_vm_still_training_starts_no_second_copy(tmp_path, monkeypatch, capsys):
+  calls = _fake_gcloud(tmp_path, monkeypatch)
+  (tmp_path / "xformer_job.sh").write_text("sleep 300\n")  # A job still training.
+  job = subprocess.Popen(["setsid", "bash", str(tmp_path / "xformer_job.sh")])
+  try:
+    assert launch_tpu.main(["launch", *COMMON, "--steps=10"]) == []
+    out = capsys.readouterr().out
+    assert "is still training (1 host(s)" in out and str(job.pid) in out, out
+    assert "--restart" in out and job.poll() is None
+    # Nothing but the questions: no setup (it would replace the job's code), prepare or train.
+    assert len(calls()) == 2 and "describe" in calls()[0] and "pgrep" in calls()[1], calls()
+    # --restart: SIGTERM to the job's process group, waited for, then the new job starts.
+    launch_tpu.main(["launch", *COMMON, "--steps=10", "--stages=create,train", "--restart"])
+    assert job.wait(timeout=60) == -signal.SIGTERM
+    started = [c for c in calls()[2:] if "ssh" in c]
+    assert "kill -TERM" in started[0] and "setsid nohup" in started[1], started
+  finally:
+    if job.poll() is None:
+      job.kill()
+  # A VM that is idle (or was just recreated): the job starts as before. (The job just
+  # started here fails at once, having no code to run; wait until it is gone.)
+  deadline = time.time() + 60
+  while subprocess.run(["pgrep", "-f", f"{tmp_path}/home/xformer_job.sh"],
+                       check=False).returncode == 0:
+    assert time.time() < deadline
+    time.sleep(0.2)
+  lines = launch_tpu.main(["launch", *COMMON, "--steps=10", "--stages=create,train"])
+  assert len(lines) == 1 and "setsid nohup" in lines[0]
+  capsys.readouterr()

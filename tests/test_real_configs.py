@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 import realdata
 
@@ -72,6 +74,15 @@ def test_wmt_base_trains_resumes_evaluates_averages_and_loads(data_dir, tmp_path
   assert [m["step"] for m in evals] == [1]  # During training, beam 4 (config.decode).
   averaged = str(tmp_path / "avg")
   assert averaging.average_run(workdir, averaged, last=2) == 4
+  # The average is the mean of the step-2 and step-4 parameters, leaf by leaf.
+  ends = [xformer.load(workdir, step=s).params for s in (2, 4)]
+  mean = jax.tree.map(lambda a, b: (np.asarray(a, np.float32) + np.asarray(b, np.float32)) / 2,
+                      *ends)
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), *ends)
+  assert max(jax.tree.leaves(moved)) > 0  # Two steps apart: the mean is not either end.
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(np.asarray(got, np.float32), want,
+                                                            rtol=1e-6, atol=1e-7),
+               xformer.load(averaged).params, mean)
   report = evaluator.evaluate_workdir(averaged, beam=4, limit=16)
   assert report["decode"]["beam_size"] == 4 and report["split"] == "test"
   assert {"test/bleu", "test/bleu_tokenized", "test/perplexity"} <= set(report["metrics"])
