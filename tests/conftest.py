@@ -94,6 +94,25 @@ def small_config(small_files, **overrides):
   return c
 
 
+def main_command(small_files, workdir, steps, checkpoint_every, python=None):
+  """`python -m xformer.main` on the small corpus with small_config's model: for tests that
+  run the command itself (exit status, stderr, signals)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  return [python or sys.executable, "-m", "xformer.main", "--config=configs/default.py",
+          f"--workdir={workdir}", "--config.data.dataset=parallel_files",
+          f"--config.data.files={small_files['files']}",
+          f"--config.data.data_dir={small_files['data_dir']}",
+          "--config.data.max_source_len=32", "--config.data.max_target_len=32",
+          "--config.tokenizer.vocab_size=400", "--config.model.d_model=32",
+          "--config.model.num_heads=2", "--config.model.d_ff=64",
+          "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1",
+          "--config.model.max_len=64", "--config.batch_size=8", "--config.log_every_steps=1",
+          f"--config.num_train_steps={steps}",
+          f"--config.checkpoint_every_steps={checkpoint_every}",
+          "--config.eval_every_steps=1000", "--config.eval_examples=20",
+          "--config.test_bleu_examples=-1", "--config.num_samples_to_print=0"]
+
+
 # Tests marked `compile` need the accelerator compilers of `.[compile]` (libtpu; "cuda": the CUDA
 # plugin). Without them they skip, saying which extra brings them, except where
 # XFORMER_REQUIRE_COMPILERS=1 (.ci/run sets it): there a missing compiler is a failure.

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from conftest import main_command
 import pytest
 
 from xformer.workdir import lease
@@ -83,18 +84,7 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def _command(small_files, workdir, steps):
-  return [sys.executable, "-m", "xformer.main", "--config=configs/default.py",
-          f"--workdir={workdir}", "--config.data.dataset=parallel_files",
-          f"--config.data.files={small_files['files']}",
-          f"--config.data.data_dir={small_files['data_dir']}",
-          "--config.data.max_source_len=32", "--config.data.max_target_len=32",
-          "--config.tokenizer.vocab_size=400", "--config.model.d_model=32",
-          "--config.model.num_heads=2", "--config.model.d_ff=64",
-          "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1",
-          "--config.model.max_len=64", "--config.batch_size=8", "--config.log_every_steps=1",
-          f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=20",
-          "--config.eval_every_steps=1000", "--config.eval_examples=20",
-          "--config.test_bleu_examples=-1", "--config.num_samples_to_print=0"]
+  return main_command(small_files, workdir, steps, checkpoint_every=20)
 
 
 def _wait_for(path, timeout=300):

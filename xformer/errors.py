@@ -31,6 +31,14 @@ class WorkdirError(UserError, OSError):
   """A workdir that cannot be written."""
 
 
+class StorageError(UserError, OSError):
+  """Storage failed under a running job (no space, permission, quota, a vanished bucket, a
+  damaged data file). Its message names the cause, the newest good checkpoint and what a rerun
+  does; the command-line tools print it as one line and exit with status 1."""
+
+  exit_code = 1
+
+
 def check_choice(name: str, value: Any, valid: Iterable[Any]) -> None:
   """Raises ConfigError when `value` is not one of `valid`, listing them."""
   valid = list(valid)

@@ -87,8 +87,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, model_config, mesh,
     return final
   finally:
     stop.restore()
-    ckpt.close()
-    writer.close()
+    try:
+      ckpt.close()  # Raises a last save's failure (StorageError), once.
+    finally:
+      writer.close()  # The metrics written so far stay, whatever happened.
 
 
 def _train_steps(config, run, state, train_iter, first, ckpt, ctx, writer, checks, stop,
@@ -99,6 +101,7 @@ def _train_steps(config, run, state, train_iter, first, ckpt, ctx, writer, check
   for step in range(first + 1, config.num_train_steps + 1):
     if held is not None:
       held.check()  # Taken over by another run: stop before writing anything more.
+    ckpt.check()  # A save that failed in the background stops the run here, with its cause.
     profiler.before(step)
     waited = time.perf_counter()
     host_batch = next(train_iter)

@@ -1,6 +1,6 @@
 """What every command-line tool shares: quiet logs unless --verbosity is given, and a user's
-mistake (errors.UserError, a bad flag or config value) as one line on stderr with exit status 2;
-with --verbosity=1 (or higher) the traceback too.
+mistake (errors.UserError, a bad flag or config value) as one line on stderr with exit status 2
+(a storage failure under a run: status 1); with --verbosity=1 (or higher) the traceback too.
 
     @cli.user_errors
     def main(argv): ...
@@ -11,6 +11,7 @@ with --verbosity=1 (or higher) the traceback too.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 from absl import app, flags, logging
@@ -30,7 +31,13 @@ def _message(error: BaseException) -> str:
 
 def _fail(error: BaseException) -> None:
   print(f"error: {' '.join(_message(error).split())}", file=sys.stderr, flush=True)
-  sys.exit(errors.USAGE_EXIT_CODE)
+  if isinstance(error, errors.StorageError):
+    # A failed save leaves orbax's writes pending as coroutines; interpreter shutdown would
+    # print each one's "Exception ignored ... Python is likely shutting down". Everything of
+    # ours is closed (metrics, lease) by now: leave without that teardown.
+    sys.stdout.flush()
+    os._exit(error.exit_code)  # pylint: disable=protected-access
+  sys.exit(getattr(error, "exit_code", errors.USAGE_EXIT_CODE))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -51,6 +58,34 @@ def verbose() -> bool:
   return FLAGS["verbosity"].present and FLAGS.verbosity >= 1
 
 
+def _quiet_background_failures() -> None:
+  """Without --verbosity: a background thread's crash (orbax saving into a full disk) prints
+  one line, not a traceback, and the echoes of the same failure (asyncio's "exception was never
+  retrieved", orbax's future log, tensorstore calling into a closed loop) are dropped; the
+  failure itself reaches the main thread (Checkpointer.check) and is printed once."""
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+
+  def hook(args):
+    first = (str(args.exc_value).strip().splitlines() or [args.exc_type.__name__])[0]
+    print(f"warning: background thread {args.thread.name if args.thread else '?'} failed: "
+          f"{first[:300]} (--verbosity=1 for the traceback)", file=sys.stderr, flush=True)
+
+  threading.excepthook = hook
+  default_hook = sys.excepthook
+
+  def excepthook(kind, value, tb):  # Tensorstore's callbacks into orbax's closed event loop.
+    if not (kind is RuntimeError and "Event loop is closed" in str(value)):
+      default_hook(kind, value, tb)
+
+  sys.excepthook = excepthook
+  # Orbax's futures log a failed background save with its traceback; it reaches the user as
+  # the StorageError's one line instead.
+  std_logging.getLogger("absl").addFilter(
+      lambda record: not ("orbax" in record.pathname and "futures" in record.pathname))
+
+
 def user_errors(main):
   """Decorates an absl main: jax restricted to the backends whose hardware is present
   (platforms.use_present), logging at WARNING unless --verbosity is set, UserError -> exit 2."""
@@ -60,6 +95,8 @@ def user_errors(main):
     platforms.use_present()
     if not FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
+    if not verbose():
+      _quiet_background_failures()
     try:
       return main(argv)
     except errors.UserError as e:

@@ -6,11 +6,15 @@ complete run directory (checkpoint, config, tokenizer), local or gs://: evaluate
 a notebook, or start another run from it with --config.init_from.
 """
 
+from typing import Any
+
+from absl import logging
 from etils import epath
 import jax
+import numpy as np
 
 from xformer import errors
-from xformer.workdir.checkpoint import Checkpointer, average_params
+from xformer.workdir.checkpoint import Checkpointer
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
@@ -36,3 +40,20 @@ def average_run(workdir: str, out: str, last: int = 5) -> int:
   target.close()
   print(f"Averaged steps {steps} of {workdir} into {out} (step {newest}).")
   return newest
+
+
+def average_params(directory: str, abstract_params: Any, last: int = 5,
+                   steps: list[int] | None = None) -> tuple[Any, list[int]]:
+  """Mean of the parameters of the last `last` checkpoints (the paper averages 5 or 20), or of
+  the given `steps`."""
+  ckpt = Checkpointer(directory, read_only=True)
+  steps = ckpt.steps()[-last:] if steps is None else steps
+  if not steps:
+    raise FileNotFoundError(f"No checkpoints in {directory}.")
+  total = None
+  for step in steps:
+    params = jax.tree.map(np.asarray, ckpt.restore_params(step, abstract_params))
+    total = params if total is None else jax.tree.map(np.add, total, params)
+  ckpt.close()
+  logging.info("Averaged the parameters of steps %s.", steps)
+  return jax.tree.map(lambda x: (x / len(steps)).astype(x.dtype), total), steps

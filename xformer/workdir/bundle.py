@@ -25,7 +25,8 @@ from xformer.model import decode
 from xformer.runtime import sharding
 from xformer.training import run as run_lib
 from xformer.workdir import provenance, record
-from xformer.workdir.checkpoint import Checkpointer, average_params
+from xformer.workdir.averaging import average_params
+from xformer.workdir.checkpoint import Checkpointer
 
 
 @dataclasses.dataclass

@@ -7,7 +7,9 @@ target shardings (8 devices at save time -> 1 CPU at restore time works).
 
 Saves are asynchronous: `save` returns once arrays are copied off the devices; `wait()` or
 `close()` blocks until they are on disk. Orbax writes into a temporary directory and renames it
-when complete, so a crash mid-save never damages the previous checkpoint.
+when complete, so a crash mid-save never damages the previous checkpoint. A save that fails in
+the background (no space, permission, quota, a vanished bucket) is raised by `check()` once it
+has ended, as an errors.StorageError naming the cause and the newest complete step.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -22,8 +25,9 @@ from etils import epath
 import grain
 import jax
 from jax.experimental import multihost_utils
-import numpy as np
 import orbax.checkpoint as ocp
+
+from xformer import errors
 
 ITEMS = ("params", "opt_state", "data_iter", "config")
 
@@ -106,6 +110,7 @@ class Checkpointer:
                 "config": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
                                          item_handlers=handlers)
+    self._pending: int | None = None  # The step whose background save may still fail.
 
   def _remove_unfinished_saves(self) -> None:
     """Deletes `<step>.orbax-checkpoint-tmp*` directories: saves a crash interrupted before
@@ -127,8 +132,31 @@ class Checkpointer:
       probe.write_text("ok")
       probe.unlink()
     except OSError as e:
-      raise OSError(f"Cannot write checkpoints to {self.directory} ({e}); the newest complete "
-                    f"checkpoint is step {self.latest_step()}.") from e
+      good = self.complete_steps()
+      raise errors.StorageError(
+          f"Cannot write checkpoints to {self.directory} ({_cause(e)}); the newest complete "
+          f"checkpoint is step {good[-1] if good else None}.") from e
+
+  def _failed(self, error: BaseException) -> errors.StorageError:
+    """The one-line StorageError of the pending save's failure."""
+    step, self._pending = self._pending, None
+    good = self.complete_steps()
+    return errors.StorageError(
+        f"Saving checkpoint {step} failed: {_cause(error)} (writing {self.step_dir(step)}). "
+        f"The newest complete checkpoint is step {good[-1] if good else None}; rerunning the "
+        "same command once that is fixed resumes from it (and removes the unfinished save).")
+
+  def check(self) -> None:
+    """Raises StorageError if the last save has ended in failure; cheap while it runs."""
+    if self._pending is not None and not self.manager.is_saving_in_progress():
+      self.wait()
+
+  def complete_steps(self) -> list[int]:
+    """Steps whose save finished (their directory has its final name); when the directory
+    itself is gone or unreadable, the steps this run's saves completed."""
+    if not epath.Path(self.directory).is_dir():
+      return [s for s in self.steps() if s != self._pending]
+    return [s for s in self.steps() if epath.Path(self.step_dir(s)).exists()]
 
   def steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -146,7 +174,15 @@ class Checkpointer:
             "config": ocp.args.JsonSave(config)}
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    if self._pending is not None:
+      self.wait()  # Orbax would wait for it too; a failure is reported as that step's.
+    try:
+      started = self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    except Exception as e:  # noqa: BLE001  (orbax, tensorstore and the OS raise many kinds)
+      self._pending = step
+      raise self._failed(e) from e
+    self._pending = step
+    return started
 
   def item_metadata(self, step: int, item: str) -> Any:
     meta = self.manager.item_metadata(step)[item]
@@ -243,25 +279,31 @@ class Checkpointer:
     return (epath.Path(self.step_dir(step)) / item).is_dir()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()  # Raises a failed background save's error, once.
+    except Exception as e:  # noqa: BLE001
+      if self._pending is None:
+        raise
+      raise self._failed(e) from e
+    self._pending = None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
-def average_params(directory: str, abstract_params: Any, last: int = 5,
-                   steps: list[int] | None = None) -> tuple[Any, list[int]]:
-  """Mean of the parameters of the last `last` checkpoints (the paper averages 5 or 20), or of
-  the given `steps`."""
-  ckpt = Checkpointer(directory, read_only=True)
-  steps = ckpt.steps()[-last:] if steps is None else steps
-  if not steps:
-    raise FileNotFoundError(f"No checkpoints in {directory}.")
-  total = None
-  for step in steps:
-    params = jax.tree.map(np.asarray, ckpt.restore_params(step, abstract_params))
-    total = params if total is None else jax.tree.map(np.add, total, params)
-  ckpt.close()
-  logging.info("Averaged the parameters of steps %s.", steps)
-  return jax.tree.map(lambda x: (x / len(steps)).astype(x.dtype), total), steps
+def _cause(error: BaseException) -> str:
+  """A failed write's cause in a few words: the OS's wording when an errno is known (in the
+  exception chain, or in tensorstore's "[os_error_code='28']"), else the first line."""
+  seen: BaseException | None = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno:
+      return os.strerror(seen.errno).lower()
+    found = re.search(r"os_error_code='?(\d+)", str(seen))
+    if found:
+      return os.strerror(int(found.group(1))).lower()
+    seen = seen.__cause__ or seen.__context__
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return first[:200]
