@@ -184,11 +184,14 @@ def test_launch_on_a_vm_still_training_starts_no_second_copy(tmp_path, monkeypat
     if job.poll() is None:
       job.kill()
   # A VM that is idle (or was just recreated): the job starts as before. (The job just
-  # started here fails at once, having no code to run; wait until it is gone.)
-  deadline = time.time() + 60
-  while subprocess.run(["pgrep", "-f", f"{tmp_path}/home/xformer_job.sh"],
-                       check=False).returncode == 0:
+  # started here fails at once, having no code to run; wait until it and the shell that
+  # started it are gone: twice in a row no process names the script.)
+  deadline, idle = time.time() + 60, 0
+  while idle < 2:
     assert time.time() < deadline
+    running = subprocess.run(["pgrep", "-f", "[x]former_job.sh"], capture_output=True,
+                             check=False).returncode == 0
+    idle = 0 if running else idle + 1
     time.sleep(0.2)
   lines = launch_tpu.main(["launch", *COMMON, "--steps=10", "--stages=create,train"])
   assert len(lines) == 1 and "setsid nohup" in lines[0]
