@@ -30,6 +30,11 @@ class UnknownNameError(UserError, KeyError):
 class WorkdirError(UserError, OSError):
   """A workdir that cannot be written."""
 
+  @classmethod
+  def unwritable(cls, workdir: str, cause: OSError) -> WorkdirError:
+    return cls(f"The workdir {workdir} cannot be written ({cause}); nothing was trained. Pick "
+               "a writable --workdir (with free space).")
+
 
 class StorageError(UserError, OSError):
   """Storage failed under a running job (no space, permission, quota, a vanished bucket, a

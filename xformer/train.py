@@ -174,8 +174,7 @@ def _check_writable(workdir: str) -> None:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    raise errors.WorkdirError(f"The workdir {workdir} cannot be written ({e}); nothing was "
-                              "trained. Pick a writable --workdir (with free space).") from e
+    raise errors.WorkdirError.unwritable(workdir, e) from e
 
 
 def _finished(config: ml_collections.ConfigDict, ckpt: Checkpointer, workdir: str) -> bool:

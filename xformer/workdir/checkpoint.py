@@ -132,18 +132,16 @@ class Checkpointer:
       probe.write_text("ok")
       probe.unlink()
     except OSError as e:
-      good = self.complete_steps()
       raise errors.StorageError(
           f"Cannot write checkpoints to {self.directory} ({_cause(e)}); the newest complete "
-          f"checkpoint is step {good[-1] if good else None}.") from e
+          f"checkpoint is step {self._newest_complete()}.") from e
 
   def _failed(self, error: BaseException) -> errors.StorageError:
     """The one-line StorageError of the pending save's failure."""
     step, self._pending = self._pending, None
-    good = self.complete_steps()
     return errors.StorageError(
         f"Saving checkpoint {step} failed: {_cause(error)} (writing {self.step_dir(step)}). "
-        f"The newest complete checkpoint is step {good[-1] if good else None}; rerunning the "
+        f"The newest complete checkpoint is step {self._newest_complete()}; rerunning the "
         "same command once that is fixed resumes from it (and removes the unfinished save).")
 
   def check(self) -> None:
@@ -157,6 +155,9 @@ class Checkpointer:
     if not epath.Path(self.directory).is_dir():
       return [s for s in self.steps() if s != self._pending]
     return [s for s in self.steps() if epath.Path(self.step_dir(s)).exists()]
+
+  def _newest_complete(self) -> int | None:
+    return max(self.complete_steps(), default=None)
 
   def steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -176,13 +177,11 @@ class Checkpointer:
       args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     if self._pending is not None:
       self.wait()  # Orbax would wait for it too; a failure is reported as that step's.
-    try:
-      started = self.manager.save(step, args=ocp.args.Composite(**args), force=True)
-    except Exception as e:  # noqa: BLE001  (orbax, tensorstore and the OS raise many kinds)
-      self._pending = step
-      raise self._failed(e) from e
     self._pending = step
-    return started
+    try:
+      return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    except Exception as e:  # noqa: BLE001  (orbax, tensorstore and the OS raise many kinds)
+      raise self._failed(e) from e
 
   def item_metadata(self, step: int, item: str) -> Any:
     meta = self.manager.item_metadata(step)[item]

@@ -198,8 +198,7 @@ def acquire(workdir: str, *, force: bool = False, timeout_s: float = TIMEOUT_S,
   try:
     return _acquire(_store(workdir), workdir, force, timeout_s, heartbeat_s, say)
   except OSError as e:
-    raise errors.WorkdirError(f"The workdir {workdir} cannot be written ({e}); nothing was "
-                              "trained. Pick a writable --workdir (with free space).") from e
+    raise errors.WorkdirError.unwritable(workdir, e) from e
 
 
 def _acquire(store, workdir: str, force: bool, timeout_s: float, heartbeat_s: float,
