@@ -97,6 +97,24 @@ def test_tokenizer_cache_and_workdir_copy(tmp_path, monkeypatch):
                            str(tmp_path / "run"))
 
 
+def test_tokenizer_workdir_copy_has_one_writer(tmp_path, monkeypatch):
+  """Multi-host: only process 0 writes the workdir's copy, and a reader takes it only once its
+  settings file (written last) is there; another host read a model without its settings
+  mid-write and died (FileNotFoundError) before."""
+  texts = [f"sentence number {i} with some words" for i in range(300)]
+  settings = tokenizer.TokenizerSettings(vocab_size=400, model_type="bpe")
+  cache, run = str(tmp_path / "cache"), tmp_path / "run"
+  tok = tokenizer.get_or_train(lambda n: texts[:n], "fp", settings, cache, str(run), writer=False)
+  assert not run.exists()
+  run.mkdir()
+  (run / "tokenizer.model").write_bytes(b"half a model")  # Process 0 is between its two writes.
+  monkeypatch.setattr(tokenizer, "train", lambda *a, **k: pytest.fail("trained twice"))
+  again = tokenizer.get_or_train(lambda n: texts[:n], "fp", settings, cache, str(run),
+                                 writer=False)
+  assert again.model_proto == tok.model_proto and "cache" in again.origin
+  assert (run / "tokenizer.model").read_bytes() == b"half a model"
+
+
 def _write(path, data: bytes):
   path.write_bytes(data)
   return str(path)

@@ -59,16 +59,13 @@ def test_a_full_disk_stops_the_run_with_its_cause_and_the_rerun_resumes(small_fi
     print(f"real full filesystem: a tmpfs with {one // 2} bytes free; a checkpoint is {one}")
     out = _run(small_files, workdir, 12)
     assert out.returncode == 1, out.stderr[-3000:]
-    # One line with the cause, the newest good step and what a rerun does; no traceback
-    # through our code, no shutdown wall. (Tensorstore still prints "Event loop is closed"
-    # tracebacks from C++, asyncio frames only, when orbax closes the failed save's event loop
-    # under its pending writes: see the issue notes.)
+    # One line with the cause, the newest good step and what a rerun does; no traceback (ours,
+    # orbax's logged ones, tensorstore's callbacks into the closed event loop), no shutdown wall.
     said = re.findall(r"error: Saving checkpoint 9 failed: no space left on device \(writing "
                       r"\S+/checkpoints/9\)\. The newest complete checkpoint is step 6; rerunning "
                       r"the same command once that is fixed resumes from it", out.stderr)
     assert len(said) == 1, out.stderr[-3000:]
-    ours = [line for line in out.stderr.replace(str(disk), "").splitlines() if "/xformer/" in line]
-    assert not ours and "shutting down" not in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "shutting down" not in out.stderr, out.stderr[-3000:]
     logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()
               if "train/loss" in line]
     assert logged[-1] >= 9 and logged[:6] == [1, 2, 3, 4, 5, 6]  # What was written stays.

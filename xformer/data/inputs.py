@@ -71,7 +71,8 @@ def tokenizer_for(data: ml_collections.ConfigDict, tokenizer: ml_collections.Con
   cache_dir = tokenizer.cache_dir or os.path.join(datasets.data_root(data), "xformer_tokenizers")
   return tokenizer_lib.get_or_train(lambda n: dataset.sample_texts("train", n),
                                     dataset.fingerprint, tokenizer_lib.settings_of(tokenizer),
-                                    cache_dir, workdir, log_line)
+                                    cache_dir, workdir, log_line,
+                                    writer=jax.process_index() == 0)
 
 
 class Inputs:

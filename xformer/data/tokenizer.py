@@ -134,7 +134,7 @@ def train(texts: Sequence[str], settings: TokenizerSettings, seed: int = 0) -> T
 
 
 def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_dir: str,
-                 workdir: str | None = None, say=logging.info) -> Tokenizer:
+                 workdir: str | None = None, say=logging.info, writer: bool = True) -> Tokenizer:
   """The run's tokenizer: the workdir's copy, else the cache, else a newly trained one.
 
   Args:
@@ -144,13 +144,15 @@ def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_
     cache_dir: where trained models are cached across runs.
     workdir: the run directory; its tokenizer wins, and a copy is written there.
     say: where progress goes (a line before training, which can take a while).
+    writer: whether this process writes the workdir's copy (process 0 of a multi-host run;
+      the others read it once it is complete, else the cache, which yields the same model).
   """
   key = cache_key(fingerprint, settings)
   meta = {"key": key, "fingerprint": fingerprint, **dataclasses.asdict(settings)}
   if workdir:
-    path = epath.Path(workdir) / "tokenizer.model"
-    if path.exists():
-      stored = json.loads((epath.Path(workdir) / "tokenizer.json").read_text())
+    path, meta_path = epath.Path(workdir) / "tokenizer.model", epath.Path(workdir) / "tokenizer.json"
+    if meta_path.exists():  # Written after the model: both are complete.
+      stored = json.loads(meta_path.read_text())
       if stored["key"] != key:
         raise errors.ConfigError(
             f"{workdir} holds a tokenizer trained with {stored}, but the config asks for {meta}. "
@@ -168,7 +170,7 @@ def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_
     tok.save(str(cached))
     tok.origin = f"trained in {time.time() - start:.1f}s, cached at {cached}"
   logging.info("Tokenizer (vocab %d): %s.", tok.vocab_size, tok.origin)
-  if workdir:
+  if workdir and writer:
     tok.save(os.path.join(workdir, "tokenizer.model"))
     _atomic_write(os.path.join(workdir, "tokenizer.json"), json.dumps(meta, indent=1).encode())
   return tok

@@ -73,17 +73,18 @@ def _quiet_background_failures() -> None:
           f"{first[:300]} (--verbosity=1 for the traceback)", file=sys.stderr, flush=True)
 
   threading.excepthook = hook
-  default_hook = sys.excepthook
+  default_hook, default_unraisable = sys.excepthook, sys.unraisablehook
 
-  def excepthook(kind, value, tb):  # Tensorstore's callbacks into orbax's closed event loop.
-    if not (kind is RuntimeError and "Event loop is closed" in str(value)):
-      default_hook(kind, value, tb)
+  def closed_loop(value) -> bool:  # Tensorstore's callbacks into orbax's closed event loop.
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
 
-  sys.excepthook = excepthook
-  # Orbax's futures log a failed background save with its traceback; it reaches the user as
-  # the StorageError's one line instead.
+  sys.excepthook = lambda kind, value, tb: closed_loop(value) or default_hook(kind, value, tb)
+  sys.unraisablehook = lambda args: closed_loop(args.exc_value) or default_unraisable(args)
+  # Orbax logs a failed background save with its traceback (its futures, the async
+  # checkpointer, the manager's finalize thread); it reaches the user as the StorageError's one
+  # line instead.
   std_logging.getLogger("absl").addFilter(
-      lambda record: not ("orbax" in record.pathname and "futures" in record.pathname))
+      lambda record: not ("orbax" in record.pathname and record.levelno >= std_logging.ERROR))
 
 
 def user_errors(main):

@@ -170,13 +170,13 @@ class Checkpointer:
     """Starts an (async) save of step `step`; False if that step is already saved."""
     if step in self.steps():
       return False
+    if self._pending is not None:
+      self.wait()  # Orbax would wait for it too; its failure is the cause to report, first.
     self._check_writable()
     args = {"params": ocp.args.StandardSave(params), "opt_state": ocp.args.StandardSave(opt_state),
             "config": ocp.args.JsonSave(config)}
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-    if self._pending is not None:
-      self.wait()  # Orbax would wait for it too; a failure is reported as that step's.
     self._pending = step
     try:
       return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
