@@ -7,16 +7,13 @@ tensorstore (orbax's checkpoint arrays) reads TENSORSTORE_GCS_HTTP_URL and, for 
 GOOGLE_AUTH_TOKEN_FOR_TESTING. The dataset's data_dir is gs:// too: array_record cannot open
 gs:// files without TensorFlow, so xformer prepares it in a local mirror and pushes it to the
 bucket (xformer/data/mirror.py); the resumed run, on a "host" with another home directory,
-pulls it from there. One gap of the emulator is filled here: real Cloud Storage
-answers a download with the object's generation (header x-goog-generation), which tensorstore's
-OCDBT layer (orbax's default format) needs and gcp-storage-emulator does not send ("Malformed
-StorageGeneration" otherwise); `_with_generation` adds it.
+pulls it from there. The emulator, with its gaps to real Cloud Storage filled, is
+tests/gcs_emulator.py.
 The checks read the bucket with google-cloud-storage, not with the code under test.
 """
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -26,47 +23,18 @@ pytestmark = pytest.mark.slow  # End-to-end: CI's second tier.
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
-objects = pytest.importorskip("gcp_storage_emulator.handlers.objects")
-storage = pytest.importorskip("google.cloud.storage")
-
-
-def _with_generation(download):
-  def handler(request, response, store, *args, **kwargs):
-    download(request, response, store, *args, **kwargs)
-    try:
-      obj = store.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-      response["x-goog-generation"] = str(obj["generation"])
-    except Exception:  # noqa: BLE001  (not found: the 404 stands)
-      pass
-  return handler
-
-
-if not getattr(objects.download, "with_generation", False):
-  objects.download = _with_generation(objects.download)  # Before the server module binds it.
-  objects.download.with_generation = True
-emulator = pytest.importorskip("gcp_storage_emulator.server")
+pytest.importorskip("gcp_storage_emulator")
+pytest.importorskip("google.cloud.storage")
+import gcs_emulator  # noqa: E402  (after the skips: it imports the emulator)
 
 
 @pytest.fixture(scope="module")
 def gcs():
   """A running emulator with bucket `bkt`, and the environment that points clients at it."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="bkt")
-  server.start()
-  url = f"http://127.0.0.1:{port}"
-  env = {**os.environ, "STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  from google.auth.credentials import AnonymousCredentials  # noqa: PLC0415
-  old = os.environ.get("STORAGE_EMULATOR_HOST")
-  os.environ["STORAGE_EMULATOR_HOST"] = url
-  client = storage.Client(credentials=AnonymousCredentials(), project="test")
-  yield env, client.bucket("bkt")
-  if old is None:
-    os.environ.pop("STORAGE_EMULATOR_HOST", None)
-  server.stop()
+  with gcs_emulator.serve("bkt") as (_, env):
+    yield ({**os.environ, **env, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+           gcs_emulator.bucket_client("bkt"))
 
 
 def _run(env, *args, timeout=600):

@@ -1,6 +1,8 @@
 """One writer per run (xformer/workdir/lease.py): a live holder keeps the workdir, a dead one is
-taken over with a warning, --force_takeover takes it anyway, and a run taken over stops."""
+taken over with a warning, --force_takeover takes it anyway, and a run taken over stops; on a
+local disk and on gs:// (the emulator of tests/gcs_emulator.py)."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -9,74 +11,137 @@ import sys
 import time
 
 from conftest import main_command
+import gcs_emulator
 import pytest
 
 from xformer.workdir import lease
 
 
+class _Local:
+  """A workdir on the local disk, its lease file read and written directly."""
+
+  def __init__(self, tmp_path):
+    self.path = str(tmp_path)
+
+  def write(self, record):
+    with open(os.path.join(self.path, lease.NAME), "w") as f:
+      json.dump(record, f)
+
+  def read(self):
+    try:
+      with open(os.path.join(self.path, lease.NAME)) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+
+
+class _Gcs:
+  """A gs:// workdir on the emulator (tests/gcs_emulator.py: generation preconditions as on
+  Cloud Storage), its lease object read and written with google-cloud-storage directly."""
+
+  def __init__(self, name):
+    self.path, self.blob = f"gs://bkt/{name}", f"{name}/{lease.NAME}"
+    self.bucket = gcs_emulator.bucket_client("bkt")
+
+  def write(self, record):
+    self.bucket.blob(self.blob).upload_from_string(json.dumps(record))
+
+  def read(self):
+    blob = self.bucket.get_blob(self.blob)
+    return None if blob is None else json.loads(blob.download_as_bytes())
+
+
+@pytest.fixture(scope="module")
+def emulator():
+  with gcs_emulator.serve("bkt"):
+    yield
+
+
+@pytest.fixture(params=["local", "gs"])
+def workdir(request, tmp_path):
+  if request.param == "local":
+    return _Local(tmp_path)
+  request.getfixturevalue("emulator")
+  return _Gcs(request.node.name.replace("[", "_").rstrip("]"))
+
+
 def _holder(workdir, **changes):
   """A lease written as another process would have written it."""
-  record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time() - 60,
-            "heartbeat": time.time(), "token": "other", **changes}
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, lease.NAME), "w") as f:
-    json.dump(record, f)
+  workdir.write({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time() - 60,
+                 "heartbeat": time.time(), "token": "other", **changes})
 
 
-def test_a_live_holder_keeps_the_workdir_and_is_named(tmp_path):
+def test_the_emulator_refuses_a_second_create_only_write(workdir):
+  """What the gs:// lease rests on: creating an object that exists fails (and the store says
+  it did not swap); so does replacing a generation that is no longer the live one."""
+  if isinstance(workdir, _Local):
+    pytest.skip("a local lease swaps under flock")
+  google = pytest.importorskip("google.api_core.exceptions")
+  record = lease.Record("h", 1, 0.0, 0.0, "t")
+  text = json.dumps(dataclasses.asdict(record))
+  workdir.bucket.blob(workdir.blob).upload_from_string(text, if_generation_match=0)
+  with pytest.raises(google.PreconditionFailed):
+    workdir.bucket.blob(workdir.blob).upload_from_string(text, if_generation_match=0)
+  store = lease._store(workdir.path)  # pylint: disable=protected-access
+  assert store.swap(None, record) == (False, None)
+  old = store.read()[1]
+  assert store.swap(old, record)[0] and not store.swap(old, record)[0]
+
+
+def test_a_live_holder_keeps_the_workdir_and_is_named(workdir):
   sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
-    _holder(str(tmp_path), pid=sleeper.pid)
+    _holder(workdir, pid=sleeper.pid)
     with pytest.raises(lease.LeaseHeldError, match=rf"pid {sleeper.pid} on "
                        rf"{socket.gethostname()}, since .*--force_takeover"):
-      lease.acquire(str(tmp_path), say=print)
+      lease.acquire(workdir.path, say=print)
   finally:
     sleeper.kill()
     sleeper.wait()
 
 
-def test_a_dead_holder_is_taken_over_with_a_warning(tmp_path):
+def test_a_dead_holder_is_taken_over_with_a_warning(workdir):
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
-  _holder(str(tmp_path), pid=dead.pid)
+  _holder(workdir, pid=dead.pid)
   said = []
-  held = lease.acquire(str(tmp_path), say=said.append)
+  held = lease.acquire(workdir.path, say=said.append)
   assert len(said) == 1 and f"process {dead.pid} on this host is gone" in said[0]
-  with open(tmp_path / lease.NAME) as f:
-    assert json.load(f)["pid"] == os.getpid()
+  assert workdir.read()["pid"] == os.getpid()
   held.release()
-  assert not (tmp_path / lease.NAME).exists()
+  assert workdir.read() is None
 
 
-def test_a_holder_elsewhere_with_an_old_heartbeat_is_stale(tmp_path):
-  _holder(str(tmp_path), host="another-host", heartbeat=time.time() - 3600)
+def test_a_holder_elsewhere_with_an_old_heartbeat_is_stale(workdir):
+  _holder(workdir, host="another-host", heartbeat=time.time() - 3600)
   said = []
-  lease.acquire(str(tmp_path), timeout_s=600, say=said.append).release()
+  lease.acquire(workdir.path, timeout_s=600, say=said.append).release()
   assert "no heartbeat for 3600 s" in said[0]
-  _holder(str(tmp_path), host="another-host", heartbeat=time.time() - 10)
+  _holder(workdir, host="another-host", heartbeat=time.time() - 10)
   with pytest.raises(lease.LeaseHeldError, match="another-host"):
-    lease.acquire(str(tmp_path), timeout_s=600)
+    lease.acquire(workdir.path, timeout_s=600)
 
 
-def test_force_takes_over_and_the_old_holder_stops_at_its_next_check(tmp_path):
-  first = lease.acquire(str(tmp_path), heartbeat_s=3600)
+def test_force_takes_over_and_the_old_holder_stops_at_its_next_check(workdir):
+  first = lease.acquire(workdir.path, heartbeat_s=3600)
   first.check()
-  second = lease.acquire(str(tmp_path), force=True, say=print)  # Our own pid is alive.
+  second = lease.acquire(workdir.path, force=True, say=print)  # Our own pid is alive.
   first.refresh()  # Its heartbeat finds the lease gone to another token...
   with pytest.raises(lease.LeaseLostError, match="taken over by pid"):
     first.check()  # ...and the training loop stops at its next step.
   first.release()  # Releasing a lost lease leaves the new holder's alone.
-  assert (tmp_path / lease.NAME).exists()
+  assert workdir.read() is not None
   second.release()
+  assert workdir.read() is None
 
 
-def test_heartbeats_move_forward(tmp_path):
-  held = lease.acquire(str(tmp_path), heartbeat_s=0.05)
-  with open(tmp_path / lease.NAME) as f:
-    first = json.load(f)["heartbeat"]
-  time.sleep(0.3)
-  with open(tmp_path / lease.NAME) as f:
-    assert json.load(f)["heartbeat"] > first
+def test_heartbeats_move_forward(workdir):
+  held = lease.acquire(workdir.path, heartbeat_s=0.05)
+  first = workdir.read()["heartbeat"]
+  deadline = time.time() + 10
+  while workdir.read()["heartbeat"] == first and time.time() < deadline:
+    time.sleep(0.05)
+  assert workdir.read()["heartbeat"] > first
   held.release()
 
 

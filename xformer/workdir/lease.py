@@ -124,10 +124,17 @@ class _GcsStore:
     self.bucket = storage.Client().bucket(bucket)
 
   def read(self) -> tuple[Record | None, Any]:
-    blob = self.bucket.get_blob(self.blob_name)
-    if blob is None:
-      return None, None
-    return Record(**json.loads(blob.download_as_bytes())), blob.generation
+    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    for _ in range(3):
+      blob = self.bucket.get_blob(self.blob_name)
+      if blob is None:
+        return None, None
+      try:  # The bytes of the generation whose number is returned, not a newer one's.
+        data = blob.download_as_bytes(if_generation_match=blob.generation)
+      except (exceptions.PreconditionFailed, exceptions.NotFound):
+        continue  # Replaced or removed between the two requests: read again.
+      return Record(**json.loads(data)), blob.generation
+    raise OSError(f"{self.blob_name} kept changing while it was read")
 
   def swap(self, expected: Any, record: Record | None) -> tuple[bool, Any]:
     from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
