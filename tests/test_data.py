@@ -5,7 +5,9 @@ import random
 
 import pytest
 
+from xformer import errors
 from xformer.data import builders, datasets, synthetic, text_files, tokenizer
+from xformer.data.checked_source import CheckedSource
 
 
 def _build_small(path, monkeypatch):
@@ -179,3 +181,26 @@ def test_a_dataset_another_process_prepared_meanwhile_is_used(tmp_path, monkeypa
   with pytest.raises(datasets.DataUnavailableError, match="disk full"):  # A real failure.
     datasets.load({"dataset": "parallel_files", "data_dir": str(tmp_path / "tfds2"),
                    "files": {"train": [tsv]}})
+
+
+def test_a_failing_record_read_names_its_shard():
+  """CheckedSource: a batched read that fails is retried record by record, and the failing
+  record's file is found from the shards' record counts (5 in a.rec, 4 in b.rec)."""
+  class Damaged(list):
+    def __getitem__(self, i):
+      if i == 6:
+        raise RuntimeError("Corrupted Riegeli/records file: chunk header hash mismatch\nmore")
+      return super().__getitem__(i)
+
+    def __getitems__(self, rows):
+      return [self[i] for i in rows]
+
+  source = CheckedSource(Damaged(range(9)), "train", [("a.rec", 5), ("b.rec", 4)])
+  assert [source.file_of(i) for i in (0, 4, 5, 8)] == ["a.rec", "a.rec", "b.rec", "b.rec"]
+  assert source.__getitems__([0, 4, 5]) == [0, 4, 5] and source[8] == 8 == source[-1]
+  with pytest.raises(IndexError):  # Not "damaged": iteration ends there.
+    source[9]  # pylint: disable=pointless-statement
+  with pytest.raises(errors.StorageError, match=r"^Reading record 6 of the 'train' split "
+                     r"failed: Corrupted Riegeli/records file: chunk header hash mismatch "
+                     r"\(file b\.rec\)\. The data file is damaged"):
+    source.__getitems__([2, 6])

@@ -93,3 +93,29 @@ def test_injected_enospc_at_orbax_stops_the_run_naming_the_step(small_files, tmp
     train.train_and_evaluate(small_config(small_files, num_train_steps=9), workdir)
   assert str(failure.value).startswith("Saving checkpoint 6 failed: no space left on device")
   assert "newest complete checkpoint is step 3" in str(failure.value)
+
+
+def test_a_data_file_damaged_mid_run_stops_it_naming_the_file(small_files, tmp_path):
+  """Records read lazily (data.pretokenize=False) from an array_record file damaged after the
+  run started: exit 1 with one line naming the file and the record, no traceback; the
+  checkpoint saved before stays complete."""
+  data = {**small_files, "data_dir": str(tmp_path / "tfds")}  # A copy this test may damage.
+  workdir = tmp_path / "run"
+  lazy = ["--config.data.pretokenize=False"]
+  first = subprocess.run(main_command(data, workdir, 3, checkpoint_every=3) + lazy, cwd=REPO,
+                         capture_output=True, text=True, timeout=600, check=False)
+  assert first.returncode == 0, first.stderr[-3000:]
+  (shard,) = (tmp_path / "tfds").rglob("*-train.array_record-*")
+  damaged = bytearray(shard.read_bytes())
+  for i in range(len(damaged) // 8, len(damaged) - 4096):  # All but the head and the footer.
+    damaged[i] ^= 0xFF
+  shard.write_bytes(bytes(damaged))
+  out = subprocess.run(main_command(data, workdir, 12, checkpoint_every=3) + lazy, cwd=REPO,
+                       capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 1, out.stderr[-3000:]
+  said = re.findall(r"error: Reading record \d+ of the 'train' split failed: .*\(file (\S+)\)\. "
+                    r"The data file is damaged", out.stderr)
+  assert said == [str(shard)], out.stderr[-3000:]
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert "Resumed from step 3" in out.stdout + out.stderr  # It failed mid-run, not at start.
+  assert sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()) == [3]

@@ -26,6 +26,7 @@ from etils import epath
 
 from xformer import errors, registry
 from xformer.data import builders, downloads, mirror, synthetic
+from xformer.data.checked_source import CheckedSource
 
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 
@@ -146,11 +147,18 @@ def _prepare(builder: tfds.core.DatasetBuilder, cfg, hint: str) -> None:
 def _from_builder(builder: tfds.core.DatasetBuilder, kind: str, keys: tuple[str, ...], cfg,
                   hint: str = "", pretokenized: bool = False) -> Dataset:
   _prepared(builder, cfg, hint)
-  splits = {name: builder.as_data_source(split=name) for name in builder.info.splits}
+  splits = {name: CheckedSource(builder.as_data_source(split=name), name, _shards(builder, name))
+            for name in builder.info.splits}
   fingerprint = f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
   fingerprint += f"/{builder.version}/{json.dumps(sorted(keys))}"
   return Dataset(name=builder.name, kind=kind, splits=splits, keys=keys, fingerprint=fingerprint,
                  pretokenized=pretokenized)
+
+
+def _shards(builder: tfds.core.DatasetBuilder, split: str) -> list[tuple[str, int]]:
+  """(file, number of records) of a split's shards, in record order."""
+  return [(f.filename, f.take if f.take >= 0 else f.examples_in_shard - f.skip)
+          for f in builder.info.splits[split].file_instructions]
 
 
 def data_root(cfg) -> str:
