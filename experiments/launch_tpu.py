@@ -6,7 +6,7 @@ detached, survives the launching machine going away, and a rerun recovers from p
       --workdir_root=gs://my-bucket/xformer/wmt_sweep --spot [--ship_local] [--dry_run]
   python experiments/launch_tpu.py status|logs|collect|delete --tpu=... --zone=... ...
 
-`launch` runs the stages create, setup, prepare, train (`--stages` picks some):
+`launch` runs the stages create, setup, prepare, selfcheck, train (`--stages` picks some):
   create   `describe` the VM (or queued resource, `--queued`): absent -> create; PREEMPTED,
            TERMINATED or SUSPENDED (a spot VM that was taken back) -> delete, then create;
            READY -> nothing. So rerunning the same command after a preemption recreates it.
@@ -15,6 +15,10 @@ detached, survives the launching machine going away, and a rerun recovers from p
            over scp, so an encoding written locally but not pushed can be launched.
   prepare  worker 0 only: the dataset prepared once (`xformer.data.prepare`) and copied to
            `<workdir_root>/data`, the tokenizer trained once into `<workdir_root>/tokenizers`.
+  selfcheck  every host runs `xformer.selfcheck` on the config (its train step timed on its
+           chips, numerics against references, an all-reduce over every host; the cost model's
+           estimate beside the measured time) and its JSON goes to
+           `<workdir_root>/selfcheck/<host>.json`; a failed check stops the launch before train.
   train    every host gets a job script (experiments/tpu_host.py) started with setsid/nohup:
            it copies the prepared data to local disk and trains each run, logging to
            ~/xformer_logs and copying each log to `<workdir>/logs/`. Runs resume from their
@@ -45,7 +49,7 @@ import pe_sweep  # noqa: E402
 import tpu_host  # noqa: E402
 
 VERBS = ("launch", "status", "logs", "collect", "delete")
-STAGES = ("create", "setup", "prepare", "train")
+STAGES = ("create", "setup", "prepare", "selfcheck", "train")
 RUNTIMES = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
             "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 GONE = ("PREEMPTED", "TERMINATED", "SUSPENDED", "FAILED")  # Must be deleted to come back.
@@ -163,8 +167,12 @@ def build_commands(args, state: str | None = "?") -> list[tuple[str, list[str]]]
   cmds.append(("prepare", prepare_command(args)))
   script = tpu_host.job_script(runs(args), shared_data=f"{root}/data",
                                local_data=tpu_host.LOCAL_DATA)
-  if args.restart:
-    cmds.append(("train", _ssh(args, tpu_host.stop_command())))
+  if args.restart:  # Before the self-check too: the running job holds the chips.
+    first = "selfcheck" if "selfcheck" in args.stages else "train"
+    cmds.append((first, _ssh(args, tpu_host.stop_command())))
+  check_flags = [f"--config={args.config}", *[f"--config.{item}" for item in args.set]]
+  cmds.append(("selfcheck", _ssh(args, tpu_host.selfcheck_command(
+      check_flags, f"{root}/selfcheck", steps=args.selfcheck_steps))))
   cmds.append(("train", _ssh(args, tpu_host.start_detached(script))))
   return [(stage, argv) for stage, argv in cmds if stage in args.stages]
 
@@ -194,6 +202,7 @@ def parse_args(argv=None):
   p.add_argument("--out", default="sweeps/tpu", help="Local dir for collected runs.")
   p.add_argument("--lines", type=int, default=100, help="logs: lines per log.")
   p.add_argument("--stages", default=",".join(STAGES), help="launch: which stages.")
+  p.add_argument("--selfcheck_steps", type=int, default=20, help="selfcheck: timed steps.")
   p.add_argument("--dry_run", action="store_true", help="Print the commands, run nothing.")
   p.add_argument("--restart", action="store_true",
                  help="launch: stop a job still running on the VM (it saves), then start.")
@@ -230,7 +239,8 @@ def main(argv=None) -> list[str]:
   if args.verb == "launch" and "create" in args.stages and not args.dry_run:
     state = vm_state(args)
     print(f"[create] {args.tpu} is {state or 'absent'}", flush=True)
-  if (args.verb == "launch" and "train" in args.stages and state in ("READY", "?")
+  if (args.verb == "launch" and {"selfcheck", "train"} & set(args.stages)
+      and state in ("READY", "?")
       and not args.dry_run and not args.restart):
     running = training_hosts(args)
     if running:

@@ -50,6 +50,18 @@ def job_script(runs: list[tuple[str, str, list[str]]], *, repo_dir: str = "~/xfo
   return "\n".join(lines) + "\n"
 
 
+def selfcheck_command(flags: list[str], json_dir: str, *, repo_dir: str = "~/xformer",
+                      steps: int = 20, python: str = "python3", gcloud: str = "gcloud") -> str:
+  """Every host: `xformer.selfcheck` on its chips (all hosts together: the all-reduce spans
+  them), its JSON copied to `<json_dir>/<hostname>.json`; the exit status is the check's."""
+  q = shlex.quote
+  local = f"{LOG_DIR.replace('~', '$HOME', 1)}/selfcheck.json"  # (No ~ expansion in a flag.)
+  cmd = " ".join(q(f) for f in [python, "-m", "xformer.selfcheck", *flags, f"--steps={steps}"])
+  return (f"mkdir -p {LOG_DIR} && cd {repo_dir} && {cmd} --json={local}; status=$?; "
+          f"{gcloud} storage cp {local} {q(json_dir.rstrip('/') + '/')}\"$(hostname).json\" "
+          ">/dev/null 2>&1 || echo 'selfcheck JSON not copied'; exit $status")
+
+
 def start_detached(script: str) -> str:
   """The remote command that writes `script` and starts it outside the SSH session."""
   blob = base64.b64encode(script.encode()).decode()

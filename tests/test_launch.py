@@ -39,8 +39,11 @@ def test_dry_run_shows_recovery_detached_training_and_the_shipped_tree(capsys):
   assert "tar xzf xformer_src.tar.gz" in lines[3] and "-c constraints.txt" in lines[3]
   assert "--worker=0" in lines[4] and "xformer.data.prepare" in lines[4]
   assert "gcloud storage rsync -r ~/xformer_data gs://bkt/sweep/data" in lines[4]
-  remote = shlex.split(lines[5])[-1]
-  assert "--worker=all" in lines[5] and remote.endswith("< /dev/null &")
+  check = shlex.split(lines[5])[-1]  # Every host checks its chips before training.
+  assert "--worker=all" in lines[5] and "xformer.selfcheck --config=configs/lm_default.py" in check
+  assert "gs://bkt/sweep/selfcheck/" in check and check.endswith("exit $status")
+  remote = shlex.split(lines[6])[-1]
+  assert "--worker=all" in lines[6] and remote.endswith("< /dev/null &")
   assert "setsid nohup bash ~/xformer_job.sh" in remote
   script = base64.b64decode(re.search(r"echo (\S+) \| base64 -d", remote).group(1)).decode()
   assert "gcloud storage rsync -r gs://bkt/sweep/data ~/xformer_data" in script
@@ -57,6 +60,9 @@ def test_queued_resources_status_logs_collect_and_refusals(capsys):
       "gcloud compute tpus queued-resources create pe-sweep --zone=us-central2-b "
       "--project=my-proj --node-id=pe-sweep --accelerator-type=v4-8 "
       "--runtime-version=tpu-ubuntu2204-base --spot"]
+  restart = launch_tpu.parse_args(["launch", *COMMON, "--restart"])
+  stages = [stage for stage, _ in launch_tpu.build_commands(restart, "READY")]
+  assert stages == ["setup", "prepare", "selfcheck", "selfcheck", "train"]  # Stop, then check.
   ready = launch_tpu.parse_args(["launch", *COMMON, "--stages=create"])
   assert launch_tpu.build_commands(ready, "READY") == []
   assert len(launch_tpu.build_commands(ready, None)) == 1  # Absent: create only.

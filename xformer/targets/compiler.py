@@ -228,6 +228,34 @@ def _argument_gib(args: Any) -> float:
   return total / GIB
 
 
+def _loops(run: Run) -> bool:
+  """Whether the step has loops the cost model counts once (scanned layers, loss chunks)."""
+  cfg = run.model_config
+  return (cfg.scan_unroll < max(cfg.num_encoder_layers, cfg.num_decoder_layers)
+          or run.config.loss_chunk > 0)
+
+
+def _estimate(run: Run, cost: dict[str, Any], loops: bool
+              ) -> tuple[float | None, str, float | None]:
+  """(libtpu's step seconds or None, where it came from, the FLOPs per device it counted):
+  from `cost` (the step's _cost) when the step has no loops, else from an unrolled compile."""
+  source = "the step as configured (no layer loop)"
+  if loops:
+    fn, args = step_and_args(_unrolled(run), "train")
+    cost, source = _cost(fn.lower(*args).compile()), "unrolled compile of the same step"
+  step_s = cost["optimal_seconds"]
+  if not step_s or step_s <= 0:  # (libtpu 0.0.42 returns negative times for v5e: no estimate.)
+    return None, f"the cost model gave no step time ({step_s})", cost["flops"]
+  return step_s, source, cost["flops"]
+
+
+def estimated_step_seconds(run: Run, compiled: Any) -> tuple[float | None, str]:
+  """libtpu's estimate for `run`'s train step (`compiled` for the devices present), and its
+  source or why there is none (xformer.selfcheck's measured / estimated)."""
+  seconds, source, _ = _estimate(run, _cost(compiled), _loops(run))
+  return seconds, source
+
+
 def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
                 estimate: bool) -> dict[str, Any]:
   config, cfg = run.config, run.model_config
@@ -237,8 +265,7 @@ def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
          "model_flops_per_step": flops.train_step_flops(cfg, config.batch_size, src, tgt),
          "flops_per_step": train["flops"] and train["flops"] * target.devices,
          "est_step_s": None, "est_tokens_per_s": None, "est_mfu": None, "estimated_from": None}
-  loops = (cfg.scan_unroll < max(cfg.num_encoder_layers, cfg.num_decoder_layers)
-           or config.loss_chunk > 0)
+  loops = _loops(run)
   if target.platform != "tpu":  # GPU: no time model; FLOPs from a lowering (cheap), unrolled.
     if loops:
       fn, args = step_and_args(_unrolled(run), "train")
@@ -247,15 +274,10 @@ def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
     return out
   if not estimate:
     return out
-  if loops:
-    fn, args = step_and_args(_unrolled(run), "train")
-    compiled = fn.lower(*args).compile()
-    cost, out["estimated_from"] = _cost(compiled), "unrolled compile of the same step"
-    out["flops_per_step"] = cost["flops"] * target.devices
-  else:
-    cost, out["estimated_from"] = train, "the step as configured (no layer loop)"
-  step_s = cost["optimal_seconds"]
-  if step_s and step_s > 0:  # (libtpu 0.0.42 returns negative times for v5e: no estimate.)
+  step_s, out["estimated_from"], flops_per_device = _estimate(run, train, loops)
+  if flops_per_device:
+    out["flops_per_step"] = flops_per_device * target.devices
+  if step_s:
     out["est_step_s"] = step_s
     out["est_tokens_per_s"] = out["tokens_per_step"] / step_s
     out["est_mfu"] = out["model_flops_per_step"] / (

@@ -60,6 +60,12 @@ class Task:
     del cfg, rows, source_len
     return ()
 
+  def decode_context_of(self, model: nn.Module, params: Any, batch: Batch) -> tuple[Any, ...]:
+    """What `decode_step` reads besides its cache and tokens, for the rows of `batch` (the
+    encoder's output for translation; nothing for an LM)."""
+    del model, params, batch
+    return ()
+
   def decode_cache(self, model: nn.Module, params: Any, rows: int, max_len: int,
                    *context: Array) -> Any:
     """The cache decoding starts from (before its first token) for `rows` sequences."""

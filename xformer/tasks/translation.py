@@ -16,7 +16,7 @@ import numpy as np
 from xformer import errors
 from xformer.data.tokenizer import BOS_ID, EOS_ID
 from xformer.evaluation import bleu
-from xformer.model import Transformer, decode
+from xformer.model import Transformer, decode, masks
 from xformer.runtime.metric_writer import log_line
 from xformer.tasks import base
 from xformer.tasks.base import register
@@ -50,6 +50,11 @@ class Translation(base.Task):
     # The encoder output [B, S, D] and the source segment ids [B, S].
     return (jax.ShapeDtypeStruct((rows, source_len, cfg.d_model), cfg.dtype),
             jax.ShapeDtypeStruct((rows, source_len), jnp.int32))
+
+  def decode_context_of(self, model, params, batch):
+    src = batch["inputs"]  # [B, S], one source per row (0-padded).
+    return (model.apply({"params": params}, src, method="encode"),
+            masks.segments_from_tokens(src))
 
   def decode_cache(self, model, params, rows, max_len, *context):
     return decode.translation_cache(model, params, context[0], max_len)  # Cross K/V filled.
