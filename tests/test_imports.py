@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "xformer"
 
 # `python -m xformer.<name>`: thin entry points, the only modules with a __main__ block.
 COMMANDS = {"xformer.main", "xformer.evaluate", "xformer.compile", "xformer.translate",
-            "xformer.sample", "xformer.average", "xformer.data.prepare"}
+            "xformer.sample", "xformer.average", "xformer.selfcheck", "xformer.data.prepare"}
 # Rooms a room may not import (directly or by a lazy import inside a function).
 LOWER_ROOMS = {
     "xformer.runtime": ("model", "positional", "data", "tasks", "training", "evaluation",
@@ -24,6 +24,8 @@ LOWER_ROOMS = {
                       "config_lib", "train"),
     "xformer.data": ("model", "tasks", "training", "evaluation", "workdir", "targets",
                      "config_lib", "train"),
+    "xformer.training": ("checks",),
+    "xformer.targets": ("checks",),
 }
 # Decoding starts and stops at the tokenizer's special ids: the model room reads those constants.
 ALLOWED_UPWARD = {("xformer.model.decode", "xformer.data.tokenizer")}
