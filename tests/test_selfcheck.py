@@ -4,6 +4,7 @@ attention path is wrong: a wrong logit scale injected into the splash kernel (in
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -95,7 +96,9 @@ def test_the_launchers_stage_on_two_hosts_copies_each_hosts_json(tmp_path):
     (bin_dir / name).chmod(0o755)
   command = tpu_host.selfcheck_command(SMALL[:-1], "gs://bkt/root/selfcheck", repo_dir=REPO,
                                        steps=2, python=sys.executable)
-  port = 20000 + os.getpid() % 20000
+  with socket.socket() as s:  # A free port for the coordinator (both processes need it first).
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
   hosts = [subprocess.Popen(["bash", "-c", command], env={
       **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path / f"h{i}"),
       "FAKE_GCS": str(tmp_path / "gcs"), "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.log"),
