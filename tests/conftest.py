@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices (sharding tests), before jax is imported anywhere."""
 
+import contextlib
 import os
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -111,6 +112,20 @@ def main_command(small_files, workdir, steps, checkpoint_every, python=None):
           f"--config.checkpoint_every_steps={checkpoint_every}",
           "--config.eval_every_steps=1000", "--config.eval_examples=20",
           "--config.test_bleu_examples=-1", "--config.num_samples_to_print=0"]
+
+
+@contextlib.contextmanager
+def coordinator_port():
+  """A free 127.0.0.1 port for jax.distributed's coordinator, held until the block ends: the
+  socket is bound with SO_REUSEPORT (not listening), which the coordinator's gRPC server also
+  sets, so it can bind the port while no other test (another xdist worker) is given it.
+  Binding and closing a probe socket left a window in which another worker could take it."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    if hasattr(socket, "SO_REUSEPORT"):
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
 
 
 # Tests marked `compile` need the accelerator compilers of `.[compile]` (libtpu; "cuda": the CUDA

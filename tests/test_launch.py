@@ -7,11 +7,11 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+from conftest import coordinator_port
 import pytest
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -128,14 +128,20 @@ def test_job_script_runs_on_two_hosts_survives_preemption_and_resumes(small_file
                                shared_data="gs://bkt/data", python=sys.executable)
   (tmp_path / "job.sh").write_text(script)
 
-  def start():
-    with socket.socket() as s:
-      s.bind(("127.0.0.1", 0))
-      port = s.getsockname()[1]
+  def start(port):
     return [subprocess.Popen(["setsid", "bash", str(tmp_path / "job.sh")],
                              env=_host_env(tmp_path, port, pid)) for pid in range(2)]
 
-  hosts = start()
+  with coordinator_port() as port:
+    _preempt_and_relaunch(start, port, tmp_path)
+  calls = (tmp_path / "gcloud.log").read_text().splitlines()
+  assert sum(c.startswith("storage rsync -r gs://bkt/data") for c in calls) == 4  # 2 hosts x 2
+  assert any(c.startswith("storage cp") and "/run/logs/" in c for c in calls), calls
+
+
+def _preempt_and_relaunch(start, port, tmp_path):
+  """Both hosts killed once a checkpoint exists, then started again: the run resumes."""
+  hosts = start(port)
   ckpts = tmp_path / "gcs" / "run" / "checkpoints"
   deadline = time.time() + 300
   while not (ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())):
@@ -146,16 +152,13 @@ def test_job_script_runs_on_two_hosts_survives_preemption_and_resumes(small_file
     h.wait()
   saved = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
   assert 0 < saved < 100
-  hosts = start()  # The relaunch writes and starts the same script.
+  hosts = start(port)  # The relaunch writes and starts the same script.
   for h in hosts:
     assert h.wait(timeout=600) == 0
   log = (tmp_path / "home0" / "xformer_logs" / "run.log").read_text()
   assert log.count("start ") == 2 and "exit 0" in log
   assert f"Resuming from step {saved}" in log or f"Training steps {saved}..100" in log, log[-3000:]
   assert "Done in" in log
-  calls = (tmp_path / "gcloud.log").read_text().splitlines()
-  assert sum(c.startswith("storage rsync -r gs://bkt/data") for c in calls) == 4  # 2 hosts x 2
-  assert any(c.startswith("storage cp") and "/run/logs/" in c for c in calls), calls
 
 
 def _fake_gcloud(tmp_path, monkeypatch):

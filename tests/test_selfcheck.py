@@ -4,10 +4,10 @@ attention path is wrong: a wrong logit scale injected into the splash kernel (in
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
+from conftest import coordinator_port
 import pytest
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -96,17 +96,15 @@ def test_the_launchers_stage_on_two_hosts_copies_each_hosts_json(tmp_path):
     (bin_dir / name).chmod(0o755)
   command = tpu_host.selfcheck_command(SMALL[:-1], "gs://bkt/root/selfcheck", repo_dir=REPO,
                                        steps=2, python=sys.executable)
-  with socket.socket() as s:  # A free port for the coordinator (both processes need it first).
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  hosts = [subprocess.Popen(["bash", "-c", command], env={
-      **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path / f"h{i}"),
-      "FAKE_GCS": str(tmp_path / "gcs"), "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.log"),
-      "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-      "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = [h.communicate(timeout=600)[0] for h in hosts]
+  with coordinator_port() as port:
+    hosts = [subprocess.Popen(["bash", "-c", command], env={
+        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path / f"h{i}"),
+        "FAKE_GCS": str(tmp_path / "gcs"), "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.log"),
+        "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [h.communicate(timeout=600)[0] for h in hosts]
   assert [h.returncode for h in hosts] == [0, 0], "\n".join(o[-3000:] for o in outs)
   for i in range(2):
     result = json.loads((tmp_path / "gcs" / "root" / "selfcheck" / f"host{i}.json").read_text())

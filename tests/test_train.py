@@ -4,12 +4,11 @@ and two processes agree with one."""
 import functools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-from conftest import small_config
+from conftest import coordinator_port, small_config
 import jax
 import numpy as np
 import pytest
@@ -177,15 +176,9 @@ def test_sigterm_saves_and_the_rerun_continues(small_files, tmp_path):
   assert max(_losses(workdir)) == step + 2
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _two_processes(config, workdir):
-  """`xformer.main` as two jax.distributed processes of 4 CPU devices each."""
-  port = _free_port()
+def _two_processes(config, workdir, port):
+  """`xformer.main` as two jax.distributed processes of 4 CPU devices each (the coordinator
+  on `port`, held by conftest.coordinator_port while they run)."""
   return [_main(config, workdir, env={
       "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
       "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
@@ -199,8 +192,9 @@ def test_two_processes_agree_with_one(small_files, tmp_path):
   train.train_and_evaluate(small_config(small_files, **overrides), single)
   config = _write_config(tmp_path / "cfg.py", small_files, **overrides)
   workdir = str(tmp_path / "multi")
-  procs = _two_processes(config, workdir)
-  outs = [p.communicate(timeout=400)[0] for p in procs]
+  with coordinator_port() as port:
+    procs = _two_processes(config, workdir, port)
+    outs = [p.communicate(timeout=400)[0] for p in procs]
   # Both processes' output in every failure message: this test once failed under a loaded
   # full-suite run without saying why.
   log = "".join(f"\n--- process {i} (exit {p.returncode}) ---\n{out[-4000:]}"
@@ -220,15 +214,16 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(small_files
   config = _write_config(tmp_path / "cfg.py", small_files, num_train_steps=100_000,
                          checkpoint_every_steps=100_000, **{"data.num_shards": 2})
   workdir = str(tmp_path / "multi")
-  procs = _two_processes(config, workdir)
-  lines = []
-  for line in procs[0].stdout:  # Process 0 prints progress.
-    lines.append(line)
-    if line.startswith("step 3/"):
-      break
-  start = time.time()
-  procs[1].send_signal(signal.SIGTERM)  # Only the second host is preempted.
-  outs = [p.communicate(timeout=60)[0] for p in procs]
+  with coordinator_port() as port:
+    procs = _two_processes(config, workdir, port)
+    lines = []
+    for line in procs[0].stdout:  # Process 0 prints progress.
+      lines.append(line)
+      if line.startswith("step 3/"):
+        break
+    start = time.time()
+    procs[1].send_signal(signal.SIGTERM)  # Only the second host is preempted.
+    outs = [p.communicate(timeout=60)[0] for p in procs]
   assert time.time() - start < 30
   for p, out in zip(procs, outs):
     assert p.returncode == 0, "".join(lines) + out
