@@ -83,3 +83,60 @@ def test_the_tpu_cost_model_prices_splash_gradients(causal):
   assert kernel_flops <= cost["flops"] < 1.05 * kernel_flops, (cost["flops"], kernel_flops)
   # Priced: at least the time of those FLOPs at the chip's peak (459 TFLOP/s).
   assert cost["optimal_seconds"] > kernel_flops / 459e12
+
+
+def _unfused_phase(phase, causal):
+  """One splash kernel's work written out in jnp for XLA ([N, T, H] per call, as the kernel
+  is called per row): the forward pass, or the dq / dkv backward kernels from the saved
+  logsumexp and di = rowsum(dO * O)."""
+  def logits(q, k):
+    s = jnp.einsum("nth,nsh->nts", q, k, preferred_element_type=jnp.float32)
+    if causal:
+      t = jnp.arange(q.shape[1])
+      s = jnp.where(t[:, None] >= t[None, :], s, -1e30)
+    return s
+
+  def fwd(q, k, v):
+    s = logits(q, k)
+    m = s.max(-1, keepdims=True)
+    p = jax.lax.optimization_barrier(jnp.exp(s - m))  # In memory, once (XLA's fusions
+    l = p.sum(-1, keepdims=True)                         # would otherwise compute it twice).
+    o = jnp.einsum("nts,nsh->nth", p.astype(v.dtype), v) / l
+    return o.astype(q.dtype), (m + jnp.log(l))[..., 0]
+
+  def grads(q, k, v, do, lse, di):
+    p = jnp.exp(logits(q, k) - lse[..., None])
+    dp = jnp.einsum("nth,nsh->nts", do, v, preferred_element_type=jnp.float32)
+    ds = (p * (dp - di[..., None])).astype(q.dtype)
+    if phase == "dq":
+      return jnp.einsum("nts,nsh->nth", ds, k)
+    return (jnp.einsum("nts,nth->nsh", ds, q),
+            jnp.einsum("nts,nth->nsh", p.astype(do.dtype), do))
+
+  return fwd if phase == "fwd" else grads
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.compile
+def test_each_kernels_estimate_is_within_2x_of_xla_on_the_same_work_unfused(causal):
+  """Each kernel's pl.CostEstimate (counted from its operands and blocks) against libtpu's cost
+  analysis of the same work written out unfused: FLOPs and transcendentals within 2x (causal:
+  the kernel skips the blocks above the diagonal, the unfused work computes and masks them);
+  bytes between the kernel's own operands (the least any implementation moves) and the
+  unfused work's (which writes [T, S] intermediates to memory)."""
+  n, t, h, block = 4, 2048, 64, 512
+  device = targets.abstract_devices(targets.parse("v5p-8"))[:1]
+  spec = NamedSharding(Mesh(device, ("data",)), P())
+  x = jax.ShapeDtypeStruct((n, t, h), jnp.bfloat16, sharding=spec)
+  row = jax.ShapeDtypeStruct((n, t), jnp.float32, sharding=spec)
+  for phase in ("fwd", "dq", "dkv"):
+    args = (x, x, x) if phase == "fwd" else (x, x, x, x, row, row)
+    cost = jax.jit(_unfused_phase(phase, causal)).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    est = splash_cost.estimate(phase, heads=n, q_len=t, kv_len=t, head_dim=h, head_dim_v=h,
+                               bq=block, bkv=block, causal=causal, itemsize=2)
+    for field, ours in (("flops", est.flops), ("transcendentals", est.transcendentals)):
+      assert 0.5 <= ours / cost[field] <= 2.0, (phase, field, ours, cost[field])
+    least = 2 * n * t * h * {"fwd": 4, "dq": 4, "dkv": 6}[phase]  # bf16 [N, T, H] in and out.
+    assert least <= est.bytes_accessed <= cost["bytes accessed"], (
+        phase, least, est.bytes_accessed, cost["bytes accessed"])
