@@ -95,3 +95,34 @@ def test_projection_weights_are_created_as_dense_layers_created_them():
   np.testing.assert_array_equal(nn.unbox(old)["params"]["query"]["kernel"],
                                 nn.unbox(new)["params"]["query"]["kernel"])
   assert nn.get_partition_spec(old) == nn.get_partition_spec(new)
+
+
+@pytest.mark.parametrize("bias_shape", [None, (1, 4, 64, 64), (2, 4, 1, 64)],
+                         ids=["no_bias", "alibi_like", "broadcast_rows"])
+def test_causal_chunks_equal_the_whole_attention(bias_shape):
+  """attention_chunk=16: four query chunks, each over the keys up to its end, give the outputs
+  and gradients of the [T, T] attention (packed rows with padding, a bias or none); the
+  first chunk's keys are only its own 16 (cutting the keys wrongly changes the result)."""
+  rng = np.random.default_rng(1)
+  b, t, d, n = 2, 64, 16, 4
+  x = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
+  segments = jnp.asarray([[1] * 20 + [2] * 30 + [3] * 14, [1] * 50 + [0] * 14])
+  mask = masks.Mask(segments, segments, causal=True)
+  bias = None if bias_shape is None else jnp.asarray(rng.normal(size=bias_shape), jnp.float32)
+  whole, chunked = MultiHeadAttention(n, d // n), MultiHeadAttention(n, d // n, chunk=16)
+  params = nn.unbox(whole.init(jax.random.key(0), x, x, mask)["params"])
+
+  def loss(module, params):
+    out = module.apply({"params": params}, x, x, mask, bias=bias)
+    return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
+
+  (_, want), want_grads = jax.value_and_grad(lambda p: loss(whole, p), has_aux=True)(params)
+  (_, got), got_grads = jax.value_and_grad(lambda p: loss(chunked, p), has_aux=True)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  hlo = jax.jit(lambda p: chunked.apply({"params": p}, x, x, mask, bias=bias)).lower(
+      params).as_text()
+  # Logits of the first chunk: [B, N, 16, 16]; of the last [B, N, 16, 64]; never [.., 64, 64].
+  assert "tensor<2x4x16x16xf32>" in hlo and "tensor<2x4x16x64xf32>" in hlo
+  assert "tensor<2x4x64x64xf32>" not in hlo

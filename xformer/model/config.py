@@ -58,6 +58,9 @@ class ModelConfig:
       "splash": the Pallas TPU kernel (xformer/model/splash.py; packed rows via segment ids, no logit
       bias, row lengths multiples of 128); "auto": splash on TPU where it applies, else "xla"
       (resolved by `xformer.run.Run`, which logs the choice).
+    attention_chunk: > 0: causal self-attention over XLA ("xla") in query chunks of this many
+      tokens, each reading the keys up to its own end only (the same attention; about half the
+      logits of a long sequence are never formed). 0: the whole [T, T] at once.
     layer_norm_eps: LayerNorm epsilon.
   """
 
@@ -86,6 +89,7 @@ class ModelConfig:
   remat: str = "none"
   scan_unroll: int = 1
   attention_impl: str = "xla"
+  attention_chunk: int = 0
   layer_norm_eps: float = 1e-6
 
   def __post_init__(self):

@@ -46,8 +46,8 @@ def _norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
 def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttention:
   return MultiHeadAttention(
       num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.attention_dropout,
-      rotate_fn=rotate_fn, implementation=cfg.attention_impl, dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype, name=name)
+      rotate_fn=rotate_fn, implementation=cfg.attention_impl, chunk=cfg.attention_chunk,
+      dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
 
 
 def _feed_forward(cfg: ModelConfig, x: Array, deterministic: bool) -> Array:
