@@ -153,6 +153,7 @@ def test_every_command_answers_help_with_its_own_flags():
   own_flag = {"xformer.main": "--workdir", "xformer.evaluate": "--average_last",
               "xformer.compile": "--target", "xformer.translate": "--nbest",
               "xformer.sample": "--top_p", "xformer.average": "--last",
+              "xformer.selfcheck": "--steps",
               "xformer.data.prepare": "--num_examples"}
   assert set(own_flag) == COMMANDS
   for command, flag in own_flag.items():

@@ -365,3 +365,40 @@ def test_several_processes_agree_on_a_stop_only_every_k_steps(monkeypatch):
     assert not stop.should_stop(21 - 2) and stop.should_stop(20) and gathers == [0, 1]
   finally:
     stop.restore()
+
+
+def test_a_metrics_line_the_disk_cuts_short_is_taken_back(tmp_path, monkeypatch):
+  """A full disk writes half of a metrics line, then ENOSPC: the file keeps its whole lines
+  only (a reader never meets half a JSON object) and the writer raises StorageError."""
+  import builtins  # pylint: disable=import-outside-toplevel
+  import errno  # pylint: disable=import-outside-toplevel
+  from xformer import errors  # pylint: disable=import-outside-toplevel
+  from xformer.runtime import metric_writer  # pylint: disable=import-outside-toplevel
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write(1, {"train/loss": 5.0})
+  real_open = builtins.open
+
+  class HalfWrite:
+    def __init__(self, f):
+      self.f = f
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.f.close()
+
+    def write(self, text):
+      self.f.write(text[:len(text) // 2])
+      self.f.flush()
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(builtins, "open", lambda path, mode="r", *a, **k: HalfWrite(
+      real_open(path, mode, *a, **k)) if str(path).endswith("metrics.jsonl") and mode == "a"
+      else real_open(path, mode, *a, **k))
+  with pytest.raises(errors.StorageError, match=r"metrics.jsonl failed \(no space left on "
+                     r"device\); the lines before this one are intact"):
+    writer.write(2, {"train/loss": 4.0})
+  monkeypatch.setattr(builtins, "open", real_open)
+  assert metric_writer.read_metrics(str(tmp_path)) == [{"step": 1, "train/loss": 5.0}]
+  writer.close()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
 from etils import epath
 import jax
+
+from xformer import errors
 
 
 def log_line(text: str) -> None:
@@ -50,12 +53,28 @@ class MetricWriter:
       self.lines.append(line)
       self.path.write_text("".join(self.lines))
     else:
-      with self.path.open("a") as f:
-        f.write(line)
+      self._append(line)
     if self.tb is not None:
       for k, v in scalars.items():
         self.tb.add_scalar(k, v, int(step))
       self.tb.flush()
+
+  def _append(self, line: str) -> None:
+    """Appends one whole line, or nothing: a write the disk cuts short (full) is truncated
+    back, so metrics.jsonl never ends in half a line, and raises StorageError."""
+    path = str(self.path)
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+      with open(path, "a") as f:
+        f.write(line)
+    except OSError as e:
+      try:
+        os.truncate(path, size)
+      except OSError:
+        pass
+      cause = os.strerror(e.errno).lower() if e.errno else str(e)
+      raise errors.StorageError(f"Writing {path} failed ({cause}); the lines before this one "
+                                "are intact.") from e
 
   def close(self) -> None:
     if self.tb is not None:
