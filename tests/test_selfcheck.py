@@ -88,7 +88,7 @@ def test_the_launchers_stage_on_two_hosts_copies_each_hosts_json(tmp_path):
   JSON copied by (a fake) gcloud to <workdir_root>/selfcheck/<host>.json."""
   sys.path.insert(0, os.path.join(REPO, "experiments"))
   import tpu_host  # pylint: disable=import-outside-toplevel
-  from test_launch import FAKE_GCLOUD  # pylint: disable=import-outside-toplevel
+  from test_launch import FAKE_GCLOUD, _host_env  # pylint: disable=import-outside-toplevel
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   for name, text in (("gcloud", FAKE_GCLOUD), ("hostname", "#!/bin/sh\necho host$JAX_PROCESS_ID\n")):
@@ -97,13 +97,9 @@ def test_the_launchers_stage_on_two_hosts_copies_each_hosts_json(tmp_path):
   command = tpu_host.selfcheck_command(SMALL[:-1], "gs://bkt/root/selfcheck", repo_dir=REPO,
                                        steps=2, python=sys.executable)
   with coordinator_port() as port:
-    hosts = [subprocess.Popen(["bash", "-c", command], env={
-        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path / f"h{i}"),
-        "FAKE_GCS": str(tmp_path / "gcs"), "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.log"),
-        "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    hosts = [subprocess.Popen(["bash", "-c", command], env=_host_env(tmp_path, port, i),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
     outs = [h.communicate(timeout=600)[0] for h in hosts]
   assert [h.returncode for h in hosts] == [0, 0], "\n".join(o[-3000:] for o in outs)
   for i in range(2):

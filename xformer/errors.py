@@ -7,6 +7,8 @@ Each message says what was wrong, what was expected and what to do.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Iterable
 
 USAGE_EXIT_CODE = 2
@@ -42,6 +44,21 @@ class StorageError(UserError, OSError):
   does; the command-line tools print it as one line and exit with status 1."""
 
   exit_code = 1
+
+
+def write_cause(error: BaseException) -> str:
+  """A failed write's cause in a few words: the OS's wording when an errno is known (in the
+  exception chain, or in tensorstore's "[os_error_code='28']"), else the first line."""
+  seen: BaseException | None = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno:
+      return os.strerror(seen.errno).lower()
+    found = re.search(r"os_error_code='?(\d+)", str(seen))
+    if found:
+      return os.strerror(int(found.group(1))).lower()
+    seen = seen.__cause__ or seen.__context__
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return first[:200]
 
 
 def check_choice(name: str, value: Any, valid: Iterable[Any]) -> None:

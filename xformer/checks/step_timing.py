@@ -20,7 +20,7 @@ import numpy as np
 from xformer import config_lib, targets
 from xformer.data import pipeline
 from xformer.runtime import sharding
-from xformer.targets import compiler, flops
+from xformer.targets import compiler
 from xformer.training.run import Run
 
 GIB = 2.0 ** 30
@@ -95,12 +95,8 @@ def measure(run: Run, steps: int) -> tuple[dict[str, Any], Any]:
 
 
 def _throughput(run: Run, out: dict[str, Any]) -> None:
-  config, cfg = run.config, run.model_config
-  src = config.data.max_source_len if cfg.num_encoder_layers else 0
-  tgt = config.data.max_target_len
-  out["tokens_per_step"] = config.batch_size * (src + tgt)
+  out.update(compiler.step_size(run))
   out["tokens_per_s"] = out["tokens_per_step"] / out["step_s"]
-  out["model_flops_per_step"] = flops.train_step_flops(cfg, config.batch_size, src, tgt)
   device = jax.devices()[0]
   chip = targets.chip_of_device_kind(device.device_kind)
   out["peak_tflops_per_device"] = chip.peak_tflops if chip else None

@@ -150,7 +150,8 @@ def get_or_train(texts_fn, fingerprint: str, settings: TokenizerSettings, cache_
   key = cache_key(fingerprint, settings)
   meta = {"key": key, "fingerprint": fingerprint, **dataclasses.asdict(settings)}
   if workdir:
-    path, meta_path = epath.Path(workdir) / "tokenizer.model", epath.Path(workdir) / "tokenizer.json"
+    path = epath.Path(workdir) / "tokenizer.model"
+    meta_path = epath.Path(workdir) / "tokenizer.json"
     if meta_path.exists():  # Written after the model: both are complete.
       stored = json.loads(meta_path.read_text())
       if stored["key"] != key:

@@ -72,9 +72,8 @@ class MetricWriter:
         os.truncate(path, size)
       except OSError:
         pass
-      cause = os.strerror(e.errno).lower() if e.errno else str(e)
-      raise errors.StorageError(f"Writing {path} failed ({cause}); the lines before this one "
-                                "are intact.") from e
+      raise errors.StorageError(f"Writing {path} failed ({errors.write_cause(e)}); the lines "
+                                "before this one are intact.") from e
 
   def close(self) -> None:
     if self.tb is not None:

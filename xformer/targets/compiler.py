@@ -256,13 +256,18 @@ def estimated_step_seconds(run: Run, compiled: Any) -> tuple[float | None, str]:
   return seconds, source
 
 
-def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
-                estimate: bool) -> dict[str, Any]:
+def step_size(run: Run) -> dict[str, float]:
+  """Tokens of one train step (source and target rows) and the model's FLOPs for them."""
   config, cfg = run.config, run.model_config
   src = config.data.max_source_len if cfg.num_encoder_layers else 0
   tgt = config.data.max_target_len
-  out = {"tokens_per_step": config.batch_size * (src + tgt),
-         "model_flops_per_step": flops.train_step_flops(cfg, config.batch_size, src, tgt),
+  return {"tokens_per_step": config.batch_size * (src + tgt),
+          "model_flops_per_step": flops.train_step_flops(cfg, config.batch_size, src, tgt)}
+
+
+def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
+                estimate: bool) -> dict[str, Any]:
+  out = {**step_size(run),
          "flops_per_step": train["flops"] and train["flops"] * target.devices,
          "est_step_s": None, "est_tokens_per_s": None, "est_mfu": None, "estimated_from": None}
   loops = _loops(run)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from typing import Any
 
@@ -133,14 +132,14 @@ class Checkpointer:
       probe.unlink()
     except OSError as e:
       raise errors.StorageError(
-          f"Cannot write checkpoints to {self.directory} ({_cause(e)}); the newest complete "
+          f"Cannot write checkpoints to {self.directory} ({errors.write_cause(e)}); the newest complete "
           f"checkpoint is step {self._newest_complete()}.") from e
 
   def _failed(self, error: BaseException) -> errors.StorageError:
     """The one-line StorageError of the pending save's failure."""
     step, self._pending = self._pending, None
     return errors.StorageError(
-        f"Saving checkpoint {step} failed: {_cause(error)} (writing {self.step_dir(step)}). "
+        f"Saving checkpoint {step} failed: {errors.write_cause(error)} (writing {self.step_dir(step)}). "
         f"The newest complete checkpoint is step {self._newest_complete()}; rerunning the "
         "same command once that is fixed resumes from it (and removes the unfinished save).")
 
@@ -291,18 +290,3 @@ class Checkpointer:
       self.wait()
     finally:
       self.manager.close()
-
-
-def _cause(error: BaseException) -> str:
-  """A failed write's cause in a few words: the OS's wording when an errno is known (in the
-  exception chain, or in tensorstore's "[os_error_code='28']"), else the first line."""
-  seen: BaseException | None = error
-  while seen is not None:
-    if isinstance(seen, OSError) and seen.errno:
-      return os.strerror(seen.errno).lower()
-    found = re.search(r"os_error_code='?(\d+)", str(seen))
-    if found:
-      return os.strerror(int(found.group(1))).lower()
-    seen = seen.__cause__ or seen.__context__
-  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-  return first[:200]
