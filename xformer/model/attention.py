@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xformer.model import layers, masks, splash
+from xformer.model import flash_xla, layers, masks, splash
 from xformer.model.layers import EMBED, HEADS, KV
 
 Array = jax.Array
@@ -57,30 +57,6 @@ def attention_weights(q: Array, k: Array, mask: Array | None, bias: Array | None
   return jax.nn.softmax(logits, axis=-1)  # [B, N, T, S]
 
 
-def _causal_chunks(q: Array, k: Array, v: Array, mask: Array, bias: Array | None,
-                   chunk: int) -> Array:
-  """Causal attention of q [B, T, N, H] over k, v [B, T, N, H], `chunk` queries at a time: the
-  queries of [s, e) see no key at or after e, so they attend to k[:, :e] only (with the mask
-  and bias cut to match). The same result as all at once; the logits above the diagonal's
-  chunks are never formed (T / chunk = 4: 10 of 16 blocks)."""
-  outs = []
-  for start in range(0, q.shape[1], chunk):
-    end = start + chunk
-    outs.append(jax.nn.dot_product_attention(  # [B, c, N, H]
-        q[:, start:end], k[:, :end], v[:, :end], bias=_cut(bias, start, end),
-        mask=_cut(mask, start, end)))
-  return jnp.concatenate(outs, axis=1)  # [B, T, N, H]
-
-
-def _cut(x: Array | None, start: int, end: int) -> Array | None:
-  """[.., T|1, S|1] -> [.., end - start|1, end|1]: a chunk's rows and keys (a broadcast
-  dimension of size 1 stays)."""
-  if x is None:
-    return None
-  rows = slice(start, end) if x.shape[-2] > 1 else slice(None)
-  return x[..., rows, :end] if x.shape[-1] > 1 else x[..., rows, :]
-
-
 # Kernels that take the mask as a causal flag and row lengths (unpacked rows), not a dense mask.
 LENGTH_KERNELS = ("xla_lengths", "cudnn")
 
@@ -96,8 +72,9 @@ class MultiHeadAttention(nn.Module):
       "query") and k (role "key"): RoPE, xPos; only meaningful for self-attention.
     implementation: None/"xla" (dense masks), "xla_lengths" or "cudnn" (the kernel gets a
       causal flag and sequence lengths instead of a mask), "splash" (segment ids; TPU).
-    chunk: > 0: causal self-attention with dense masks in query chunks of this many tokens,
-      each against the keys up to its end (`_causal_chunks`); 0: all queries at once.
+    chunk: > 0: dense-mask attention (self or cross) `chunk` queries at a time with the
+      probabilities recomputed in the backward pass (flash_xla: no [T, S] residuals; causal
+      chunks skip the keys after their end); 0: jax.nn.dot_product_attention, all at once.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -187,9 +164,9 @@ class MultiHeadAttention(nn.Module):
     else:
       dense = mask.dense(q.shape[1], k.shape[1])  # [B|1, 1, T, S]
       t = q.shape[1]
-      if (self.chunk and mask.causal and not mask.decoding and t == k.shape[1]
-          and t % self.chunk == 0 and t > self.chunk):
-        return _causal_chunks(q, k, v, dense, bias, self.chunk)
+      if self.chunk and not mask.decoding and t % self.chunk == 0:
+        return flash_xla.attend(q, k, v, dense, bias, chunk=self.chunk,
+                                causal=mask.causal and t == k.shape[1])
       kernel = dict(mask=dense)
     # XLA adds the bias to float32 logits, so keep it float32 (ALiBi's large distances lose
     # their differences in bf16); cuDNN wants it in the compute dtype.

@@ -17,7 +17,7 @@ from xformer import errors, positional
 from xformer.model import layers
 
 NORMS = ("post", "pre")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
 ATTENTION_IMPLS = ("xla", "xla_lengths", "cudnn", "splash", "auto")
 
 
@@ -47,7 +47,9 @@ class ModelConfig:
     logits_dtype: dtype of the output logits (float32 accumulation either way; the loss and
       decoding compute in float32 from them). "bfloat16" halves the largest activation of a
       large-vocabulary step.
-    remat: per-layer rematerialisation policy, one of REMAT_POLICIES.
+    remat: per-layer rematerialisation policy, one of REMAT_POLICIES: "full" keeps only the
+      layer's input, "dots"/"dots_no_batch" the matmul outputs (without batch dims: not the
+      attention's), "minimal" those and the attention output of attention_chunk > 0.
     scan_unroll: layers per iteration of the compiled layer loop. 1 compiles one layer (fastest
       compile, least memory); a value >= the depth unrolls the stack (no loop: faster steps on
       CPU, slower compiles and more activation memory; remat must then be "none"). Parameters
@@ -58,9 +60,10 @@ class ModelConfig:
       "splash": the Pallas TPU kernel (xformer/model/splash.py; packed rows via segment ids, no logit
       bias, row lengths multiples of 128); "auto": splash on TPU where it applies, else "xla"
       (resolved by `xformer.run.Run`, which logs the choice).
-    attention_chunk: > 0: causal self-attention over XLA ("xla") in query chunks of this many
-      tokens, each reading the keys up to its own end only (the same attention; about half the
-      logits of a long sequence are never formed). 0: the whole [T, T] at once.
+    attention_chunk: > 0: XLA attention ("xla") in query chunks of this many tokens with
+      FlashAttention's backward pass (xformer/model/flash_xla.py): no [T, S] probabilities are
+      kept for the backward pass, and a causal chunk reads only the keys before its end (about
+      half the logits of a long sequence are never formed). 0: the whole [T, S] at once.
     layer_norm_eps: LayerNorm epsilon.
   """
 
