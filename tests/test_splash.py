@@ -125,3 +125,24 @@ def test_models_with_splash_equal_xla_sharded_over_8_devices(posemb):
   # would move them by the scale itself.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       a, b, rtol=2e-3, atol=2e-3 * float(np.abs(b).max())), out["splash"][1], out["xla"][1])
+
+
+def test_minimal_remat_keeps_the_kernels_residuals():
+  """Under model.remat="minimal" the kernel's output and log-sum-exp are saved by name, so the
+  backward pass runs only the backward kernels (dots_no_batch saves neither and runs the
+  forward kernel again)."""
+  import io, contextlib  # pylint: disable=import-outside-toplevel,multiple-imports
+  from xformer.model import stacks  # pylint: disable=import-outside-toplevel
+  q, k, v = (jax.random.normal(key, (1, 2, T, 64)) for key in jax.random.split(jax.random.key(0), 3))
+  seg = jnp.ones((1, T), jnp.int32)
+  f = lambda q, k, v: jnp.sum(jnp.sin(splash.attention(q * 2, k, v, seg, seg, causal=True)))
+
+  def saved(policy):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      jax.ad_checkpoint.print_saved_residuals(jax.checkpoint(f, policy=policy), q, k, v)
+    # The kernel's log-sum-exp, [B, N, T] (its output has q's shape, as q has).
+    return out.getvalue().count(f"f32[1,2,{T}] output of")
+
+  policies = stacks._REMAT_POLICIES  # pylint: disable=protected-access
+  assert saved(policies["minimal"]) == 1 and saved(policies["dots_no_batch"]) == 0

@@ -49,7 +49,7 @@ class ModelConfig:
       large-vocabulary step.
     remat: per-layer rematerialisation policy, one of REMAT_POLICIES: "full" keeps only the
       layer's input, "dots"/"dots_no_batch" the matmul outputs (without batch dims: not the
-      attention's), "minimal" those and the attention output of attention_chunk > 0.
+      attention's), "minimal" those and the fused attention's output and statistics (splash, attention_chunk > 0).
     scan_unroll: layers per iteration of the compiled layer loop. 1 compiles one layer (fastest
       compile, least memory); a value >= the depth unrolls the stack (no loop: faster steps on
       CPU, slower compiles and more activation memory; remat must then be "none"). Parameters

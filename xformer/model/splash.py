@@ -58,6 +58,11 @@ def choose(impl: str, posemb: str, lengths: tuple[int, ...], platform: str) -> t
 _LAYOUT = {f"{n}_layout": sk.QKVLayout.SEQ_MINOR for n in "qkv"}
 
 
+# The name of the kernel's residuals (its output and log-sum-exp) for remat policies:
+# model.remat="minimal" saves them, so the backward pass does not run the forward kernel again.
+SAVED_NAME = "splash_residuals"
+
+
 def _block(n: int) -> int:
   return next(b for b in (512, 256, 128) if n % b == 0)
 
@@ -70,7 +75,7 @@ def _kernel(q_len: int, kv_len: int, heads: int, causal: bool, interpret: bool):
                         block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
                         block_kv_dq=bkv, **_LAYOUT)
   return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                            interpret=interpret)
+                            interpret=interpret, residual_checkpoint_name=SAVED_NAME)
 
 
 def attention(q: Array, k: Array, v: Array, q_segments: Array, kv_segments: Array, *,

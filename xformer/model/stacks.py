@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from xformer import positional
-from xformer.model import flash_xla, layers, masks
+from xformer.model import flash_xla, layers, masks, splash
 from xformer.model.attention import MultiHeadAttention
 from xformer.model.config import ModelConfig
 from xformer.model.layers import EMBED, LAYERS, VOCAB
@@ -27,11 +27,12 @@ _REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
     "full": None,  # Save nothing; recompute the whole layer in the backward pass.
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    # As dots_no_batch, and flash_xla's output and row statistics (attention_chunk > 0): the
-    # backward pass recomputes elementwise work, not the attention's forward pass.
+    # As dots_no_batch, and the output and row statistics of the fused attention (splash, or
+    # flash_xla with attention_chunk > 0): the backward pass recomputes elementwise work, not
+    # the attention's forward pass.
     "minimal": jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-        jax.checkpoint_policies.save_only_these_names(*flash_xla.SAVED_NAMES)),
+        jax.checkpoint_policies.save_only_these_names(*flash_xla.SAVED_NAMES, splash.SAVED_NAME)),
 }
 
 

@@ -178,7 +178,8 @@ def _compile_config(config: ml_collections.ConfigDict, target: targets.Target, e
       "devices": target.devices, "mesh": dict(run.mesh.shape), "hbm_per_device_gib":
       target.chip.hbm_gib, "peak_tflops_per_device": target.chip.peak_tflops,
       "peak_source": target.chip.source, "num_params": run.num_params,
-      "attention": run.attention, "steps": {}}
+      "attention": run.attention, "row_lengths": list(run.task.row_lengths(config.data)),
+      "steps": {}}
   for name in steps:
     report["steps"][name] = _compile_step(run, name, target)
   train = report["steps"]["train"]

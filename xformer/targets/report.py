@@ -5,6 +5,7 @@ Reads the report dict of `xformer.compile.compile_config` (its keys are the JSON
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
@@ -20,11 +21,7 @@ def remedy(report: dict[str, Any], config: ml_collections.ConfigDict) -> str:
            f"{worst['arguments_gib']:.2f} GiB of arguments (parameters, optimizer state, batch) "
            f"and {worst['temporaries_gib']:.2f} GiB of temporaries. Try:"]
   if worst["temporaries_gib"] > worst["arguments_gib"]:
-    if config.model.remat == "none":
-      loop = " --config.model.scan_unroll=1" if config.model.scan_unroll > 1 else ""
-      lines.append(f"  --config.model.remat=dots_no_batch{loop} (or remat=full): recompute "
-                   "activations in the backward pass instead of keeping them (remat needs the "
-                   "layer loop)")
+    lines += _activation_remedies(report, config)
     lines.append(f"  --config.grad_accum_steps={2 * config.grad_accum_steps}: the same batch in "
                  "micro-batches, about half the activation memory")
     lines.append(f"  --config.batch_size={config.batch_size // 2}: half the rows per step")
@@ -32,6 +29,24 @@ def remedy(report: dict[str, Any], config: ml_collections.ConfigDict) -> str:
     lines.append(f"  --config.mesh.fsdp={report['devices']} --config.mesh.data=1: shard "
                  "parameters and optimizer state over the devices instead of replicating them")
   return "\n".join(lines)
+
+
+def _activation_remedies(report: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """Chunked XLA attention (no [T, T] probabilities kept per layer) and remat, where unset."""
+  lines, model = [], config.model
+  rows = report["row_lengths"]
+  if report["attention"].split(" ")[0] == "xla" and not model.attention_chunk and max(rows) > 512:
+    chunk = math.gcd(512, *rows)
+    lines.append(f"  --config.model.attention_chunk={chunk}: XLA attention {chunk} queries at a "
+                 "time with FlashAttention's backward pass: no [T, T] probabilities kept per "
+                 "layer, and causal chunks skip the keys after their end")
+  if model.remat == "none":
+    loop = " --config.model.scan_unroll=1" if model.scan_unroll > 1 else ""
+    policy = "minimal" if model.attention_chunk or lines else "dots_no_batch"
+    lines.append(f"  --config.model.remat={policy}{loop} (or remat=full): recompute "
+                 "activations in the backward pass instead of keeping them (remat needs the "
+                 "layer loop)")
+  return lines
 
 
 def _tera(flops: float | None) -> str:
