@@ -44,6 +44,11 @@ VARIANTS = {
     "scan": ["model.attention_impl=auto", "model.scan_unroll=1"],
     "scan+remat_dots": ["model.attention_impl=auto", "model.scan_unroll=1",
                         "model.remat=dots_no_batch"],
+    # XLA attention with FlashAttention's backward pass, causal chunks (xformer/model/flash_xla.py).
+    "xla_chunked": ["model.attention_impl=xla", "model.attention_chunk=512"],
+    "xla_chunked+minimal": ["model.attention_impl=xla", "model.attention_chunk=512",
+                            "model.scan_unroll=1", "model.remat=minimal"],
+    "auto+minimal": ["model.attention_impl=auto", "model.scan_unroll=1", "model.remat=minimal"],
 }
 
 

@@ -1,6 +1,9 @@
 """The label-smoothed cross-entropy (the autodiff reference and the fast path with its gradient
 written out) against numpy formulas, and the two against each other."""
 
+import contextlib
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +76,17 @@ def test_fused_gradient_equals_autodiff_of_the_formula():
   got, want = jax.grad(ours)(logits), jax.grad(formula)(logits)
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=1e-2)
+
+
+def test_fused_loss_keeps_bf16_logits_as_they_are():
+  """The backward pass's residual is the bf16 logits, not a float32 copy of them (which would
+  double the largest buffer of a large-vocabulary step)."""
+  logits = jnp.zeros((2, 4, 7), jnp.bfloat16)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(lambda l: losses.fused_cross_entropy(
+        l, np.zeros((2, 4), np.int32), np.ones((2, 4), np.float32), 0.1)["loss"], logits)
+  assert "bf16[2,4,7]" in out.getvalue() and "f32[2,4,7]" not in out.getvalue(), out.getvalue()
 
 
 def test_bad_label_smoothing_is_refused():

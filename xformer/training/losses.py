@@ -89,12 +89,13 @@ def fused_cross_entropy(logits: Array, targets: Array, weights: Array,
                         label_smoothing: float = 0.0) -> Sums:
   """`cross_entropy` with its gradient written out: d_logits = weight * (softmax - q).
 
-  The forward pass keeps the logits and the [B, T] log-normaliser, and the backward pass is one
-  elementwise pass over the logits. `targets` and `weights` get no gradient.
+  The forward pass keeps the logits in their own dtype (bf16 logits: half the largest residual
+  of a large-vocabulary step) and the [B, T] log-normaliser; both passes compute in float32, and
+  the backward pass is one elementwise pass over the logits. `targets` and `weights` get no
+  gradient.
   """
   _smoothing(logits.shape[-1], float(label_smoothing))  # Validates eps.
-  return _fused(logits.astype(jnp.float32), targets, weights.astype(jnp.float32),
-                float(label_smoothing))
+  return _fused(logits, targets, weights.astype(jnp.float32), float(label_smoothing))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -103,7 +104,7 @@ def _fused(logits: Array, targets: Array, weights: Array, eps: float) -> Sums:
 
 
 def _fused_fwd(logits, targets, weights, eps):
-  terms = _terms(logits, targets)
+  terms = _terms(logits.astype(jnp.float32), targets)
   return _sums(logits.shape[-1], eps, *terms, weights), (logits, terms[1], targets, weights)
 
 
@@ -115,8 +116,9 @@ def _fused_bwd(eps, residuals, g):
   # d loss / d logits = softmax - q; d nll / d logits = softmax - onehot(target).
   on_target = jnp.arange(vocab) == targets[..., None]  # [B, T, V]
   minus = jnp.where(on_target, (confidence * g_loss + g_nll)[..., None], (low * g_loss)[..., None])
-  d_logits = (g_loss + g_nll)[..., None] * jnp.exp(logits - lse[..., None]) - minus  # [B, T, V]
-  return d_logits, None, None
+  p = jnp.exp(logits.astype(jnp.float32) - lse[..., None])  # [B, T, V]
+  d_logits = (g_loss + g_nll)[..., None] * p - minus
+  return d_logits.astype(logits.dtype), None, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
