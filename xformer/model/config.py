@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from xformer import errors, positional
-from xformer.model import layers
+from xformer.model import activations
 
 NORMS = ("post", "pre")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
@@ -32,7 +32,7 @@ class ModelConfig:
     num_encoder_layers / num_decoder_layers: stack depths (a decoder-only LM has no encoder).
     dropout: residual and embedding dropout (the paper's P_drop).
     attention_dropout: dropout on attention weights. ffn_dropout: on the feed-forward hidden layer.
-    activation: feed-forward activation, a key of `layers.ACTIVATIONS`.
+    activation: feed-forward activation, a key of `activations.ACTIVATIONS`.
     norm: "post" (the paper: x = LN(x + f(x))) or "pre" (x = x + f(LN(x)), final LN).
     posemb: registered positional encoding name; posemb_kw: its keyword arguments.
     max_len: longest sequence the model is built for (size of learned position tables).
@@ -99,7 +99,7 @@ class ModelConfig:
     # Frozen but hashable (a static argument of jitted functions): kwargs as sorted items.
     object.__setattr__(self, "posemb_kw", tuple(sorted(dict(self.posemb_kw).items())))
     positional.validate(self.posemb, dict(self.posemb_kw))
-    errors.check_choice("model.activation", self.activation, sorted(layers.ACTIVATIONS))
+    errors.check_choice("model.activation", self.activation, sorted(activations.ACTIVATIONS))
     errors.check_choice("model.norm", self.norm, NORMS)
     errors.check_choice("model.remat", self.remat, REMAT_POLICIES)
     errors.check_choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)

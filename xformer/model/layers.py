@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from xformer.model.activations import ACTIVATIONS
 
 # Logical axis names of parameters (and, with a leading LAYERS axis, of scanned layer stacks).
 VOCAB = "vocab"
@@ -24,34 +26,6 @@ LAYERS = "layers"
 
 Array = jax.Array
 Dtype = Any
-
-@jax.custom_vjp
-def relu(x: Array) -> Array:
-  """max(x, 0), differentiated from its output: the backward pass needs only relu(x), which the
-  next layer keeps anyway, not x or a separate mask (under a scanned layer stack every residual
-  is a stacked buffer of its own)."""
-  return jnp.maximum(x, 0)
-
-
-def _relu_fwd(x):
-  y = jnp.maximum(x, 0)
-  return y, y
-
-
-def _relu_bwd(y, g):
-  return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
-
-
-relu.defvjp(_relu_fwd, _relu_bwd)
-
-# name -> (activation, gated). Gated variants compute act(x W_gate) * (x W_up) (Shazeer 2020).
-ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], bool]] = {
-    "relu": (relu, False),
-    "gelu": (nn.gelu, False),
-    "swiglu": (nn.silu, True),
-    "geglu": (nn.gelu, True),
-}
-
 default_kernel_init = nn.initializers.xavier_uniform()
 
 
