@@ -178,7 +178,8 @@ def test_remat_and_unroll_change_speed_not_math():
   decoding."""
   src, tgt = _tokens(1, (2, 5)), _tokens(2, (2, 4))
   results, decoded = [], []
-  for remat, unroll in (("none", 1), ("full", 1), ("dots", 1), ("none", 2), ("none", 3)):
+  for remat, unroll in (("none", 1), ("full", 1), ("dots", 1), ("minimal", 1), ("ffn", 1),
+                        ("none", 2), ("none", 3)):
     model = model_lib.Transformer(dataclasses.replace(
         _cfg("rope", remat=remat, scan_unroll=unroll), num_encoder_layers=3,
         num_decoder_layers=3))
@@ -360,6 +361,26 @@ def test_a_layer_keeps_only_lean_residuals_for_its_backward_pass():
   # A select's other branch (zeros) kept as a residual: an activation-sized constant.
   assert not re.search(rf"^\w+\[2,{t},(64|96)\] output of (broadcast_in_dim|jitted function "
                        "'_where')", out.getvalue(), re.M), out.getvalue()
+
+
+def test_remat_ffn_keeps_no_hidden_layer():
+  """model.remat="ffn": a layer keeps nothing of the feed-forward's width F (its hidden layer is
+  recomputed from the block's input; without remat it keeps two such arrays)."""
+  b, t, d, f = 2, 24, 64, 96
+  x = jnp.ones((b, t, d), jnp.bfloat16)
+  ctx = model_lib.Context(masks.Mask(jnp.ones((b, t), jnp.int32), jnp.ones((b, t), jnp.int32)))
+  counts = []
+  for remat in ("none", "ffn"):
+    cfg = model_config.variant("tiny", vocab_size=50, d_model=d, d_ff=f, num_heads=2,
+                               dtype="bfloat16", activation="gelu", remat=remat)
+    layer = model_lib.EncoderLayer(cfg, None)
+    params = layer.init(jax.random.key(0), x, ctx)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      jax.ad_checkpoint.print_saved_residuals(
+          lambda p, x: jnp.sum(layer.apply(p, x, ctx)[0].astype(jnp.float32)), params, x)
+    counts.append(len(re.findall(rf"^bf16\[{b * t},{f}\]", out.getvalue(), re.M)))
+  assert counts == [2, 0], counts
 
 
 def _np_layer_norm(x, p, eps):

@@ -17,7 +17,7 @@ from xformer import errors, positional
 from xformer.model import activations
 
 NORMS = ("post", "pre")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "ffn")
 ATTENTION_IMPLS = ("xla", "xla_lengths", "cudnn", "splash", "auto")
 
 
@@ -49,7 +49,9 @@ class ModelConfig:
       large-vocabulary step.
     remat: per-layer rematerialisation policy, one of REMAT_POLICIES: "full" keeps only the
       layer's input, "dots"/"dots_no_batch" the matmul outputs (without batch dims: not the
-      attention's), "minimal" those and the fused attention's output and statistics (splash, attention_chunk > 0).
+      attention's), "minimal" those and the fused attention's output and statistics (splash,
+      attention_chunk > 0); "ffn" everything but the feed-forward's hidden layer (recomputed
+      from the block's input: one more matmul per layer, two gated).
     scan_unroll: layers per iteration of the compiled layer loop. 1 compiles one layer (fastest
       compile, least memory); a value >= the depth unrolls the stack (no loop: faster steps on
       CPU, slower compiles and more activation memory; remat must then be "none"). Parameters

@@ -57,7 +57,11 @@ def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttentio
 
 
 def _feed_forward(cfg: ModelConfig, x: Array, deterministic: bool) -> Array:
-  return layers.FeedForward(
+  ffn = layers.FeedForward
+  if cfg.remat == "ffn":  # Keeps its input only: [B*T, F] arrays, the largest, are recomputed.
+    ffn = nn.remat(ffn, prevent_cse=cfg.scan_unroll > 1, static_argnums=(2,),
+                   policy=jax.checkpoint_policies.nothing_saveable)
+  return ffn(
       cfg.d_ff, cfg.activation, cfg.ffn_dropout, cfg.dtype, cfg.param_dtype,
       name="ffn")(x, deterministic)
 
@@ -130,7 +134,7 @@ class DecoderLayer(nn.Module):
 
 def _stack(layer_cls: type[nn.Module], cfg: ModelConfig, num_layers: int):
   """`layer_cls` rematerialised per cfg.remat and scanned `num_layers` times."""
-  if cfg.remat != "none":
+  if cfg.remat not in ("none", "ffn"):
     # In a loop XLA cannot merge the recomputation into the forward pass; unrolled (only the
     # compile tool's cost-model compile does that with remat) it needs jax's barrier.
     layer_cls = nn.remat(layer_cls, prevent_cse=cfg.scan_unroll > 1,
