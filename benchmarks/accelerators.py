@@ -46,9 +46,9 @@ VARIANTS = {
                         "model.remat=dots_no_batch"],
     # XLA attention with FlashAttention's backward pass, causal chunks (xformer/model/flash_xla.py).
     "xla_chunked": ["model.attention_impl=xla", "model.attention_chunk=512"],
-    "xla_chunked+minimal": ["model.attention_impl=xla", "model.attention_chunk=512",
-                            "model.scan_unroll=1", "model.remat=minimal"],
-    "auto+minimal": ["model.attention_impl=auto", "model.scan_unroll=1", "model.remat=minimal"],
+    "xla_chunked+ffn": ["model.attention_impl=xla", "model.attention_chunk=512",
+                        "model.scan_unroll=1", "model.remat=ffn"],
+    "auto+ffn": ["model.attention_impl=auto", "model.scan_unroll=1", "model.remat=ffn"],
 }
 
 
