@@ -42,10 +42,9 @@ def _activation_remedies(report: dict[str, Any], config: ml_collections.ConfigDi
                  "layer, and causal chunks skip the keys after their end")
   if model.remat == "none":
     loop = " --config.model.scan_unroll=1" if model.scan_unroll > 1 else ""
-    policy = "minimal" if model.attention_chunk or lines else "dots_no_batch"
-    lines.append(f"  --config.model.remat={policy}{loop} (or remat=full): recompute "
-                 "activations in the backward pass instead of keeping them (remat needs the "
-                 "layer loop)")
+    lines.append(f"  --config.model.remat=ffn{loop} (or minimal, or full): recompute "
+                 "activations in the backward pass instead of keeping them (ffn: the "
+                 "feed-forward's hidden layer only; remat needs the layer loop)")
   return lines
 
 
