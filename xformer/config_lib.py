@@ -197,7 +197,7 @@ def _check_lengths(config, task, cfg: model.ModelConfig) -> None:
       raise errors.ConfigError(f"model.attention_impl='splash' cannot apply: {reason}. Use "
                                "attention_impl='auto' (splash where it applies, else XLA).")
   chunk, rows = cfg.attention_chunk, task.row_lengths(config.data)
-  if chunk < 0 or (chunk and any(t % chunk for t in rows)):
+  if chunk and any(t % chunk for t in rows):
     raise errors.ConfigError(f"model.attention_chunk={chunk} must be 0 or divide the rows' "
                              f"lengths {list(rows)}.")
   if config.loss_chunk < 0 or (config.loss_chunk and config.data.max_target_len %

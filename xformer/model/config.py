@@ -117,6 +117,9 @@ class ModelConfig:
             f"model.d_model={self.d_model} is not divisible by model.num_heads="
             f"{self.num_heads}; set model.head_dim explicitly or change one of them.")
       object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+    if isinstance(self.attention_chunk, bool) or self.attention_chunk < 0:
+      raise errors.ConfigError(
+          f"model.attention_chunk must be an int >= 0, got {self.attention_chunk!r}.")
     if isinstance(self.scan_unroll, bool) or self.scan_unroll < 1:
       raise errors.ConfigError(f"model.scan_unroll must be an int >= 1, got {self.scan_unroll!r}.")
     if self.scan_unroll > 1 and self.remat != "none":

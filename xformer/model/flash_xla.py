@@ -2,11 +2,11 @@
 
 Autodiff of softmax(q k^T) v keeps the [B, N, T, S] probabilities of every layer for the
 backward pass: at T = 2048 that is most of a training step's memory, and writing and reading
-them back is most of its time. Here the forward pass keeps only q, k, v, the output and each
-row's max logit and log-sum-exp ([B, N, T] each); the backward pass recomputes the probabilities from them. Both
-passes work `chunk` queries at a time, so no [T, S] array is formed at once, and with a causal
-mask a chunk of queries [s, e) reads only the keys before e (the blocks above the diagonal are
-never computed: T / chunk = 4 forms 10 of 16).
+them back is most of its time. Here the forward pass keeps only q, k, v, the output and two
+statistics of each row (its max logit m and log sum exp(s - m), [B, N, T] each); the backward
+pass recomputes the probabilities from them. Both passes work `chunk` queries at a time, so no
+[T, S] array is formed at once, and with a causal mask a chunk of queries [s, e) reads only the
+keys before e (the blocks above the diagonal are never computed: T / chunk = 4 forms 10 of 16).
 
 Logits, the softmax and its statistics are float32 (as in `attention.attention_weights`); the
 probabilities meet v, and the logits' gradient meets q and k, in the compute dtype with float32

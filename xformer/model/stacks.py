@@ -34,6 +34,9 @@ _REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
         jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
         jax.checkpoint_policies.save_only_these_names(*flash_xla.SAVED_NAMES, splash.SAVED_NAME)),
 }
+# remat="ffn" is no layer policy: `_feed_forward` rematerialises the feed-forward block alone.
+# (No policy can say "all but the hidden layer": a value refused by name is saved under the
+# name of the op that made it, and jax's save_anything_except_these_names saves everything.)
 
 
 def _residual(cfg: ModelConfig, x: Array, sublayer: Callable[[Array], Array], norm: nn.Module,
