@@ -179,9 +179,9 @@ def test_remat_and_unroll_change_speed_not_math():
   src, tgt = _tokens(1, (2, 5)), _tokens(2, (2, 4))
   results, decoded = [], []
   for remat, unroll in (("none", 1), ("full", 1), ("dots", 1), ("minimal", 1), ("ffn", 1),
-                        ("none", 2), ("none", 3)):
-    model = model_lib.Transformer(dataclasses.replace(
-        _cfg("rope", remat=remat, scan_unroll=unroll), num_encoder_layers=3,
+                        ("ffn_act", 1), ("none", 2), ("none", 3)):
+    model = model_lib.Transformer(dataclasses.replace(  # gelu: ffn_act recomputes it.
+        _cfg("rope", remat=remat, scan_unroll=unroll, activation="gelu"), num_encoder_layers=3,
         num_decoder_layers=3))
     params = model_lib.init_params(model, jax.random.key(0))
 
@@ -365,22 +365,26 @@ def test_a_layer_keeps_only_lean_residuals_for_its_backward_pass():
 
 def test_remat_ffn_keeps_no_hidden_layer():
   """model.remat="ffn": a layer keeps nothing of the feed-forward's width F (its hidden layer is
-  recomputed from the block's input; without remat it keeps two such arrays)."""
+  recomputed from the block's input; without remat it keeps two such arrays, the gelu's input
+  and output); "ffn_act" keeps the pre-activation alone, and recomputes no matmul (only the
+  gelu: no dot_general is repeated in the backward pass)."""
   b, t, d, f = 2, 24, 64, 96
   x = jnp.ones((b, t, d), jnp.bfloat16)
   ctx = model_lib.Context(masks.Mask(jnp.ones((b, t), jnp.int32), jnp.ones((b, t), jnp.int32)))
-  counts = []
-  for remat in ("none", "ffn"):
+  counts, dots = [], []
+  for remat in ("none", "ffn", "ffn_act"):
     cfg = model_config.variant("tiny", vocab_size=50, d_model=d, d_ff=f, num_heads=2,
                                dtype="bfloat16", activation="gelu", remat=remat)
     layer = model_lib.EncoderLayer(cfg, None)
     params = layer.init(jax.random.key(0), x, ctx)
+    loss = lambda p, x: jnp.sum(layer.apply(p, x, ctx)[0].astype(jnp.float32))  # noqa: E731
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-      jax.ad_checkpoint.print_saved_residuals(
-          lambda p, x: jnp.sum(layer.apply(p, x, ctx)[0].astype(jnp.float32)), params, x)
+      jax.ad_checkpoint.print_saved_residuals(loss, params, x)  # pylint: disable=cell-var-from-loop
     counts.append(len(re.findall(rf"^bf16\[{b * t},{f}\]", out.getvalue(), re.M)))
-  assert counts == [2, 0], counts
+    dots.append(str(jax.make_jaxpr(jax.grad(loss))(params, x)).count("dot_general"))
+  assert counts == [2, 0, 1], counts
+  assert dots[1] == dots[0] + 1 and dots[2] == dots[0], dots  # ffn repeats W1's product.
 
 
 def _np_layer_norm(x, p, eps):

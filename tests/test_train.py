@@ -238,10 +238,13 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(small_files
   assert f"Resumed from step {step}" in out
 
 
-def test_chunked_loss_equals_the_full_loss_and_gradients(small_files):
-  """loss_chunk: per-chunk logits under jax.checkpoint give the same loss and update."""
-  full, inputs = train.build(small_config(small_files, **{"model.dropout": 0.0}))
-  chunked, _ = train.build(small_config(small_files, loss_chunk=8, **{"model.dropout": 0.0}))
+@pytest.mark.parametrize("fused,tie", [(True, True), (True, False), (False, True)])
+def test_chunked_loss_equals_the_full_loss_and_gradients(small_files, fused, tie):
+  """loss_chunk: per-chunk logits (fused: the gradient in the forward pass, projected_loss; else
+  autodiff under jax.checkpoint) give the same loss and update, tied output layer or not."""
+  kw = {"model.dropout": 0.0, "model.tie_output": tie, "fused_loss": fused}
+  full, inputs = train.build(small_config(small_files, **kw))
+  chunked, _ = train.build(small_config(small_files, loss_chunk=8, **kw))
   batch = full.put_batch(next(inputs.train_iterator()[0]), local=True)
   sa, a = full.p_train_step(full.init_state(jax.random.key(0)), batch, jax.random.key(1))
   sb, b = chunked.p_train_step(chunked.init_state(jax.random.key(0)), batch, jax.random.key(1))

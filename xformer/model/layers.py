@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from xformer.model.activations import ACTIVATIONS
 
@@ -203,6 +204,8 @@ def _masked_bwd(keep_prob, keep, g):
 _masked.defvjp(_masked_fwd, _masked_bwd)
 
 
+FFN_PRE = "ffn_pre_activation"  # The feed-forward's [B*T, F] pre-activations, by name.
+
 class FeedForward(nn.Module):
   """Position-wise feed-forward block: FFN(x) = act(x W1 + b1) W2 + b2 (paper eq. 2).
 
@@ -229,9 +232,12 @@ class FeedForward(nn.Module):
     # On [B*T, D] rows: the hidden layer is then one array for both the activation's backward
     # pass and W2's gradient, not two (an array and its reshape) kept side by side.
     x = x.reshape(-1, d_model)  # [B*T, D]
-    h = act(dense(self.d_ff, (EMBED, MLP), name="wi", **kw)(x))  # [B*T, F]
+    # The pre-activations are named for model.remat="ffn_act", which saves them alone.
+    pre = lambda name: checkpoint_name(dense(self.d_ff, (EMBED, MLP), name=name, **kw)(x),  # noqa: E731
+                                       FFN_PRE)
+    h = act(pre("wi"))  # [B*T, F]
     if gated:
-      h = h * dense(self.d_ff, (EMBED, MLP), name="wi_up", **kw)(x)  # [B*T, F]
+      h = h * pre("wi_up")  # [B*T, F]
     # Masks drawn as [B, T, F], as always. The guard is not Dropout's own check twice: without
     # it the reshapes around a no-op dropout leave W2's gradient a second copy of h to keep.
     if self.dropout_rate and not deterministic:

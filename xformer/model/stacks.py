@@ -34,7 +34,11 @@ _REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
         jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
         jax.checkpoint_policies.save_only_these_names(*flash_xla.SAVED_NAMES, splash.SAVED_NAME)),
 }
-# remat="ffn" is no layer policy: `_feed_forward` rematerialises the feed-forward block alone.
+# remat="ffn" and "ffn_act" are no layer policies: `_feed_forward` rematerialises the
+# feed-forward block alone, "ffn" from its input (its [B*T, F] arrays, the largest, and W1's
+# product recomputed), "ffn_act" from its pre-activations (only the activation recomputed).
+_FFN_POLICIES = {"ffn": jax.checkpoint_policies.nothing_saveable,
+                 "ffn_act": jax.checkpoint_policies.save_only_these_names(layers.FFN_PRE)}
 # (No policy can say "all but the hidden layer": a value refused by name is saved under the
 # name of the op that made it, and jax's save_anything_except_these_names saves everything.)
 
@@ -61,9 +65,9 @@ def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttentio
 
 def _feed_forward(cfg: ModelConfig, x: Array, deterministic: bool) -> Array:
   ffn = layers.FeedForward
-  if cfg.remat == "ffn":  # Keeps its input only: [B*T, F] arrays, the largest, are recomputed.
+  if cfg.remat in _FFN_POLICIES:
     ffn = nn.remat(ffn, prevent_cse=cfg.scan_unroll > 1, static_argnums=(2,),
-                   policy=jax.checkpoint_policies.nothing_saveable)
+                   policy=_FFN_POLICIES[cfg.remat])
   return ffn(
       cfg.d_ff, cfg.activation, cfg.ffn_dropout, cfg.dtype, cfg.param_dtype,
       name="ffn")(x, deterministic)
@@ -137,7 +141,7 @@ class DecoderLayer(nn.Module):
 
 def _stack(layer_cls: type[nn.Module], cfg: ModelConfig, num_layers: int):
   """`layer_cls` rematerialised per cfg.remat and scanned `num_layers` times."""
-  if cfg.remat not in ("none", "ffn"):
+  if cfg.remat not in ("none", *_FFN_POLICIES):
     # In a loop XLA cannot merge the recomputation into the forward pass; unrolled (only the
     # compile tool's cost-model compile does that with remat) it needs jax's barrier.
     layer_cls = nn.remat(layer_cls, prevent_cse=cfg.scan_unroll > 1,
@@ -282,3 +286,12 @@ class Decoder(nn.Module):
       return layers.tied_logits(x.astype(cfg.dtype), self.embed.embedding, cfg.fused_output,
                                 cfg.logits_dtype)
     return self.logits(x.astype(cfg.dtype)).astype(cfg.logits_dtype)  # [..., V]
+
+  def output_weights(self) -> tuple[Array, Array | None]:
+    """`project` as weights, for a loss that multiplies them itself: (table [V, D] in the
+    compute dtype, bias [V] or None), logits = x @ table^T + bias."""
+    cfg = self.cfg
+    if cfg.tie_output:
+      return self.embed.embedding.astype(cfg.dtype), None
+    params = self.logits.variables["params"]
+    return params["kernel"].astype(cfg.dtype).T, params["bias"]

@@ -97,6 +97,10 @@ class Transformer(nn.Module):
     """Decoder hidden states [B, T, D] -> logits [B, T, V] float32 (the output layer)."""
     return self.decoder.project(hidden)
 
+  def output_weights(self) -> tuple[Array, Array | None]:
+    """The output layer's (table [V, D], bias [V] or None) in the compute dtype."""
+    return self.decoder.output_weights()
+
 
 class DecoderOnlyLM(nn.Module):
   """Decoder-only causal language model (GPT style); depth is cfg.num_decoder_layers."""
@@ -122,6 +126,10 @@ class DecoderOnlyLM(nn.Module):
   def project(self, hidden: Array) -> Array:
     """Final hidden states [B, T, D] -> logits [B, T, V] float32 (the output layer)."""
     return self.decoder.project(hidden)
+
+  def output_weights(self) -> tuple[Array, Array | None]:
+    """The output layer's (table [V, D], bias [V] or None) in the compute dtype."""
+    return self.decoder.output_weights()
 
 
 Model = Transformer | DecoderOnlyLM

@@ -24,8 +24,8 @@ Sums = dict[str, Array]
 SUM_KEYS = ("loss", "nll", "correct", "weight")
 
 
-def _smoothing(vocab: int, eps: float) -> tuple[float, float, float]:
-  """(q on the target, q on any other token, entropy of q)."""
+def validate_smoothing(vocab: int, eps: float) -> tuple[float, float, float]:
+  """(q on the target, q on any other token, entropy of q); ConfigError unless 0 <= eps < 1."""
   if not 0.0 <= eps < 1.0:
     raise errors.ConfigError(f"label_smoothing must be in [0, 1), got {eps}.")
   if eps == 0.0:
@@ -34,7 +34,7 @@ def _smoothing(vocab: int, eps: float) -> tuple[float, float, float]:
   return confidence, low, -(confidence * math.log(confidence) + eps * math.log(low))
 
 
-def _terms(logits: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
+def terms(logits: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
   """(max, log-normaliser, target logit, sum of logits), each [B, T], of logits [B, T, V].
 
   Written so that XLA fuses them into two passes over the logits (the max, then the sum of
@@ -46,15 +46,15 @@ def _terms(logits: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
   return top, lse, target_logit, jnp.sum(logits, axis=-1)
 
 
-def _sums(vocab: int, eps: float, top, lse, target_logit, sum_logits, weights) -> Sums:
-  """The four sums from the per-token terms (shared by both paths).
+def sums(vocab: int, eps: float, top, lse, target_logit, sum_logits, weights) -> Sums:
+  """The four sums from the per-token terms (shared by every path).
 
   With log p_v = logits_v - lse: nll = lse - logits_target, and the smoothed cross-entropy
   -sum_v q_v log p_v = (1 - eps) nll + eps / (V - 1) (V lse - sum_v logits_v - nll). A token
   is `correct` when its target has the largest logit; a tie counts as correct (argmax would
   pick the first tied token), and no separate argmax pass over [B, T, V] is needed.
   """
-  confidence, low, entropy = _smoothing(vocab, eps)
+  confidence, low, entropy = validate_smoothing(vocab, eps)
   nll = lse - target_logit  # [B, T]
   smoothed = confidence * nll + low * (vocab * lse - sum_logits - nll)  # [B, T]
   return {"loss": jnp.sum((smoothed - entropy) * weights), "nll": jnp.sum(nll * weights),
@@ -80,8 +80,8 @@ def cross_entropy(logits: Array, targets: Array, weights: Array,
     `correct` (tokens whose target has the top logit), `weight` (number of real tokens).
   """
   logits = logits.astype(jnp.float32)
-  _smoothing(logits.shape[-1], float(label_smoothing))  # Validates eps.
-  return _sums(logits.shape[-1], float(label_smoothing), *_terms(logits, targets),
+  validate_smoothing(logits.shape[-1], float(label_smoothing))
+  return sums(logits.shape[-1], float(label_smoothing), *terms(logits, targets),
                weights.astype(jnp.float32))
 
 
@@ -94,7 +94,7 @@ def fused_cross_entropy(logits: Array, targets: Array, weights: Array,
   the backward pass is one elementwise pass over the logits. `targets` and `weights` get no
   gradient.
   """
-  _smoothing(logits.shape[-1], float(label_smoothing))  # Validates eps.
+  validate_smoothing(logits.shape[-1], float(label_smoothing))
   return _fused(logits, targets, weights.astype(jnp.float32), float(label_smoothing))
 
 
@@ -104,21 +104,29 @@ def _fused(logits: Array, targets: Array, weights: Array, eps: float) -> Sums:
 
 
 def _fused_fwd(logits, targets, weights, eps):
-  terms = _terms(logits.astype(jnp.float32), targets)
-  return _sums(logits.shape[-1], eps, *terms, weights), (logits, terms[1], targets, weights)
+  parts = terms(logits.astype(jnp.float32), targets)
+  return sums(logits.shape[-1], eps, *parts, weights), (logits, parts[1], targets, weights)
 
 
 def _fused_bwd(eps, residuals, g):
   logits, lse, targets, weights = residuals
+  d = d_logits(logits, lse, targets, g["loss"] * weights, g["nll"] * weights, eps)
+  return d.astype(logits.dtype), None, None
+
+
+def d_logits(logits: Array, lse: Array, targets: Array, g_loss: Array, g_nll: Array,
+             eps: float) -> Array:
+  """g_loss d loss / d logits + g_nll d nll / d logits, float32 [B, T, V], of one token's terms.
+
+  d loss / d logits = softmax - q and d nll / d logits = softmax - onehot(target), for logits
+  [B, T, V] with log-normaliser lse [B, T]; g_loss, g_nll [B, T] (the tokens' weights times the
+  sums' cotangents)."""
   vocab = logits.shape[-1]
-  confidence, low, _ = _smoothing(vocab, eps)
-  g_loss, g_nll = g["loss"] * weights, g["nll"] * weights  # [B, T]
-  # d loss / d logits = softmax - q; d nll / d logits = softmax - onehot(target).
+  confidence, low, _ = validate_smoothing(vocab, eps)
   on_target = jnp.arange(vocab) == targets[..., None]  # [B, T, V]
   minus = jnp.where(on_target, (confidence * g_loss + g_nll)[..., None], (low * g_loss)[..., None])
   p = jnp.exp(logits.astype(jnp.float32) - lse[..., None])  # [B, T, V]
-  d_logits = (g_loss + g_nll)[..., None] * p - minus
-  return d_logits.astype(logits.dtype), None, None
+  return (g_loss + g_nll)[..., None] * p - minus
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from xformer.training import losses
+from xformer.training import losses, projected_loss
 
 Array = jax.Array
 # loss_fn(params, batch, rng, step) -> token sums (losses.SUM_KEYS); rng None: no dropout.
@@ -37,7 +37,9 @@ def loss_sums(params: Any, batch: dict[str, Array], rng: Array | None, step: Arr
     step: the step being computed (unused here; a `LossFn` may depend on it, as drills do).
     fused: `losses.fused_cross_entropy` (written-out gradient) instead of `cross_entropy`.
     chunk: > 0 projects to the vocabulary `chunk` target positions at a time, never holding the
-      whole [B, T, V] logits (`losses.chunked`); unroll_chunks: without a loop (cost model).
+      whole [B, T, V] logits: with `fused`, the loss's gradient is computed in the forward pass
+      (`projected_loss`); without, autodiff recomputes each chunk (`losses.chunked`).
+      unroll_chunks: without a loop (cost model).
   """
   del step
   loss = losses.fused_cross_entropy if fused else losses.cross_entropy
@@ -45,6 +47,11 @@ def loss_sums(params: Any, batch: dict[str, Array], rng: Array | None, step: Arr
   kw = dict(deterministic=rng is None, rng=rng)
   if chunk:
     hidden = task.apply(model, params, batch, return_hidden=True, **kw)  # [B, T, D]
+    if fused:  # The gradient in the forward pass, chunk by chunk: nothing recomputed.
+      table, bias = model.apply({"params": params}, method="output_weights")
+      return projected_loss.projected_cross_entropy(
+          hidden.astype(table.dtype), table, bias, targets, weights, label_smoothing, chunk,
+          model.cfg.logits_dtype, unroll=unroll_chunks)
     project = lambda h: model.apply({"params": params}, h, method="project")  # noqa: E731
     return losses.chunked(loss, hidden, project, targets, weights, label_smoothing, chunk,
                           unroll=unroll_chunks)

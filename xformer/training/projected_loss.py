@@ -1,0 +1,133 @@
+"""The output projection and the label-smoothed loss together, chunk by chunk, with the gradient
+computed in the forward pass (`config.loss_chunk > 0` with `config.fused_loss`).
+
+The loss is the last function of the step, so its gradient with respect to the logits is known
+as soon as they are: d loss / d logits = weight * (softmax - q) (losses.fused_cross_entropy),
+scaled in the backward pass by the one scalar cotangent of the loss. Each chunk of `chunk`
+positions is projected to the vocabulary, scored, and turned at once into its share of the
+hidden states' gradient ([B, c, D]) and of the output weights' gradient (summed in float32 over
+the chunks). Nothing of the [B, T, V] logits outlives its chunk, and nothing is recomputed: the
+step does the same three [.., D] x [D, V] products as autodiff, where `losses.chunked`
+(checkpointed chunks, the autodiff path) does four.
+
+Only `loss` is differentiable: `nll`, `correct` and `weight` are returned under stop_gradient
+(training differentiates `loss`; the others are metrics). Evaluation runs the primal function,
+which computes no gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from xformer import errors
+from xformer.training import losses
+
+Array = jax.Array
+
+
+def projected_cross_entropy(hidden: Array, table: Array, bias: Array | None, targets: Array,
+                            weights: Array, label_smoothing: float, chunk: int,
+                            logits_dtype=jnp.float32, unroll: bool = False) -> losses.Sums:
+  """`losses.cross_entropy(hidden @ table^T + bias, ...)` without the [B, T, V] logits.
+
+  Args:
+    hidden: [B, T, D] final decoder states, in the compute dtype; T a multiple of chunk.
+    table: [V, D] output weights in hidden's dtype (the tied embedding, or the output kernel
+      transposed). bias: [V] or None.
+    targets: [B, T] token ids. weights: [B, T] 1 for real target tokens, 0 for padding.
+    label_smoothing: eps in [0, 1).
+    chunk: positions projected at a time.
+    logits_dtype: the logits are rounded to it before the loss (as model.logits_dtype does).
+    unroll: no loop over the chunks (for a cost model that counts a loop body once).
+
+  Returns:
+    The sums of `losses.cross_entropy`; only `loss` carries a gradient.
+  """
+  b, t, _ = hidden.shape
+  if t % chunk:
+    raise errors.ConfigError(f"loss_chunk={chunk} must divide the target length {t}.")
+  losses.validate_smoothing(table.shape[0], float(label_smoothing))
+  loss, stats = _projected(hidden, table, bias, targets, weights.astype(jnp.float32),
+                           (float(label_smoothing), chunk, jnp.dtype(logits_dtype), unroll,
+                            table.dtype, None if bias is None else bias.dtype))
+  return {"loss": loss, **jax.lax.stop_gradient(stats)}
+
+
+def _split(x: Array, chunk: int) -> Array:
+  """[B, T, ...] -> [T / chunk, B, chunk, ...] (the loop's leading axis)."""
+  b, t = x.shape[:2]
+  return x.reshape(b, t // chunk, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _logits(h: Array, table: Array, bias: Array | None, logits_dtype) -> Array:
+  logits = jnp.einsum("bcd,vd->bcv", h, table, preferred_element_type=jnp.float32)  # [B, c, V]
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  return logits.astype(logits_dtype).astype(jnp.float32)
+
+
+def _scan(body, init, xs, n: int, unroll: bool):
+  return jax.lax.scan(body, init, xs, unroll=n if unroll else 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _projected(hidden, table, bias, targets, weights, static):
+  eps, chunk, logits_dtype, unroll = static[:4]
+  vocab, n = table.shape[0], hidden.shape[1] // chunk
+
+  def one(sums, xs):
+    h, tg, w = xs  # [B, c, D], [B, c], [B, c]
+    terms = losses.terms(_logits(h, table, bias, logits_dtype), tg)
+    return jax.tree.map(jnp.add, sums, losses.sums(vocab, eps, *terms, w)), None
+
+  sums, _ = _scan(one, _zeros(), (_split(hidden, chunk), _split(targets, chunk),
+                                  _split(weights, chunk)), n, unroll)
+  return sums["loss"], {k: sums[k] for k in ("nll", "correct", "weight")}
+
+
+def _zeros() -> losses.Sums:
+  return {k: jnp.zeros((), jnp.float32) for k in losses.SUM_KEYS}
+
+
+def _projected_fwd(hidden, table, bias, targets, weights, static):
+  eps, chunk, logits_dtype, unroll = static[:4]
+  vocab, n = table.shape[0], hidden.shape[1] // chunk
+
+  def one(carry, xs):
+    sums, d_table, d_bias = carry  # d_table [V, D], d_bias [V]: float32 sums over chunks.
+    h, tg, w = xs  # [B, c, D], [B, c], [B, c]
+    logits = _logits(h, table, bias, logits_dtype)  # [B, c, V]
+    terms = losses.terms(logits, tg)
+    sums = jax.tree.map(jnp.add, sums, losses.sums(vocab, eps, *terms, w))
+    d_logits = losses.d_logits(logits, terms[1], tg, w, jnp.zeros_like(w), eps).astype(h.dtype)
+    d_h = jnp.einsum("bcv,vd->bcd", d_logits, table, preferred_element_type=jnp.float32)
+    d_table = d_table + jnp.einsum("bcv,bcd->vd", d_logits, h,
+                                   preferred_element_type=jnp.float32)
+    if d_bias is not None:
+      d_bias = d_bias + jnp.sum(d_logits.astype(jnp.float32), axis=(0, 1))
+    return (sums, d_table, d_bias), d_h.astype(h.dtype)  # [B, c, D]
+
+  init = (_zeros(), jnp.zeros(table.shape, jnp.float32),
+          None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+  (sums, d_table, d_bias), d_h = _scan(
+      one, init, (_split(hidden, chunk), _split(targets, chunk), _split(weights, chunk)), n,
+      unroll)
+  d_hidden = d_h.swapaxes(0, 1).reshape(hidden.shape)  # [B, T, D]
+  out = (sums["loss"], {k: sums[k] for k in ("nll", "correct", "weight")})
+  # The float32 sums stay float32 until scaled (the table's gradient is the step's largest
+  # accumulation); d_hidden is in hidden's dtype, as autodiff's would be.
+  return out, (d_hidden, d_table, d_bias)
+
+
+def _projected_bwd(static, residuals, g):
+  *_, table_dtype, bias_dtype = static
+  d_hidden, d_table, d_bias = residuals
+  g_loss = g[0]  # The metrics' cotangents are zero: they leave under stop_gradient.
+  return ((g_loss * d_hidden).astype(d_hidden.dtype), (g_loss * d_table).astype(table_dtype),
+          None if d_bias is None else (g_loss * d_bias).astype(bias_dtype), None, None)
+
+
+_projected.defvjp(_projected_fwd, _projected_bwd)
