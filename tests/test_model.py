@@ -171,18 +171,26 @@ def test_options_build_and_run(change):
     assert "final_norm" in params["encoder"] and "final_norm" in params["decoder"]
 
 
+REMAT_CASES = {
+    "post": (("none", 1), ("full", 1), ("dots", 1), ("minimal", 1), ("ffn", 1), ("ffn_act", 1),
+             ("none", 2), ("none", 3)),
+    # Pre-LN: the ffn policies rematerialise the block's LayerNorm too.
+    "pre": (("none", 1), ("ffn", 1), ("ffn_act", 1)),
+}
+
+
 @pytest.mark.slow
-def test_remat_and_unroll_change_speed_not_math():
+@pytest.mark.parametrize("norm", sorted(REMAT_CASES))
+def test_remat_and_unroll_change_speed_not_math(norm):
   """Remat policies and scan_unroll (partial: 2 of 3 layers per trip; full: 3) give the same
   loss and gradients, dropout included, from the same stacked parameters; and the same cached
   decoding."""
   src, tgt = _tokens(1, (2, 5)), _tokens(2, (2, 4))
   results, decoded = [], []
-  for remat, unroll in (("none", 1), ("full", 1), ("dots", 1), ("minimal", 1), ("ffn", 1),
-                        ("ffn_act", 1), ("none", 2), ("none", 3)):
+  for remat, unroll in REMAT_CASES[norm]:
     model = model_lib.Transformer(dataclasses.replace(  # gelu: ffn_act recomputes it.
-        _cfg("rope", remat=remat, scan_unroll=unroll, activation="gelu"), num_encoder_layers=3,
-        num_decoder_layers=3))
+        _cfg("rope", remat=remat, scan_unroll=unroll, activation="gelu", norm=norm),
+        num_encoder_layers=3, num_decoder_layers=3))
     params = model_lib.init_params(model, jax.random.key(0))
 
     def loss(p):
@@ -385,6 +393,30 @@ def test_remat_ffn_keeps_no_hidden_layer():
     dots.append(str(jax.make_jaxpr(jax.grad(loss))(params, x)).count("dot_general"))
   assert counts == [2, 0, 1], counts
   assert dots[1] == dots[0] + 1 and dots[2] == dots[0], dots  # ffn repeats W1's product.
+
+
+@pytest.mark.parametrize("remat", ["ffn", "ffn_act"])
+def test_pre_ln_remat_ffn_keeps_no_norm_output(remat):
+  """Pre-LN under the ffn policies: the feed-forward's LayerNorm is rematerialised with it, so
+  a layer keeps one [B*T, D]-sized array fewer than without remat (the norm's output, which is
+  the block's input); the parameters are where they were."""
+  b, t, d, f = 2, 24, 64, 96
+  x = jnp.ones((b, t, d), jnp.bfloat16)
+  ctx = model_lib.Context(masks.Mask(jnp.ones((b, t), jnp.int32), jnp.ones((b, t), jnp.int32)))
+  kept, trees = [], []
+  for policy in ("none", remat):
+    cfg = model_config.variant("tiny", vocab_size=50, d_model=d, d_ff=f, num_heads=2,
+                               dtype="bfloat16", activation="gelu", norm="pre", remat=policy)
+    layer = model_lib.EncoderLayer(cfg, None)
+    params = layer.init(jax.random.key(0), x, ctx)
+    trees.append(jax.tree.map(jnp.shape, params))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      jax.ad_checkpoint.print_saved_residuals(  # pylint: disable=cell-var-from-loop
+          lambda p, x: jnp.sum(layer.apply(p, x, ctx)[0].astype(jnp.float32)), params, x)
+    kept.append(len(re.findall(rf"^bf16\[({b},{t}|{b * t}),{d}\]", out.getvalue(), re.M)))
+  assert trees[0] == trees[1]
+  assert kept[1] == kept[0] - 1, kept
 
 
 def _np_layer_norm(x, p, eps):

@@ -112,6 +112,8 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.fused_loss = True  # losses.fused_cross_entropy; False: autodiff of losses.cross_entropy.
   # >0: the training loss projects to the vocabulary this many target positions at a time and
   # never holds the whole [B, T, V] logits (large vocabularies); must divide max_target_len.
+  # With fused_loss each chunk's gradient is computed in the forward pass (nothing recomputed:
+  # training/projected_loss.py); without, autodiff recomputes each chunk's logits.
   c.loss_chunk = 0
   c.optimizer = optim.section()
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

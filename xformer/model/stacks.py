@@ -44,10 +44,11 @@ _FFN_POLICIES = {"ffn": jax.checkpoint_policies.nothing_saveable,
 
 
 def _residual(cfg: ModelConfig, x: Array, sublayer: Callable[[Array], Array], norm: nn.Module,
-              deterministic: bool) -> Array:
-  """Post-LN: LN(x + drop(f(x))) as in the paper; pre-LN: x + drop(f(LN(x)))."""
+              deterministic: bool, norms_itself: bool = False) -> Array:
+  """Post-LN: LN(x + drop(f(x))) as in the paper; pre-LN: x + drop(f(LN(x))), where the
+  sublayer applies the LN itself when `norms_itself` (`norm` is then not called)."""
   pre = cfg.norm == "pre"
-  y = sublayer(norm(x) if pre else x)
+  y = sublayer(norm(x) if pre and not norms_itself else x)
   x = x + layers.Dropout(cfg.dropout)(y, deterministic=deterministic)
   return x if pre else norm(x)
 
@@ -63,14 +64,25 @@ def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttentio
       dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
 
 
-def _feed_forward(cfg: ModelConfig, x: Array, deterministic: bool) -> Array:
-  ffn = layers.FeedForward
+def _ffn_residual(cfg: ModelConfig, layer: nn.Module, x: Array, deterministic: bool) -> Array:
+  """The feed-forward sublayer of `layer` with its residual and LayerNorm ("norm_ffn").
+
+  Under remat="ffn"/"ffn_act" the block is rematerialised, and with pre-LN its LayerNorm with
+  it: the norm's output, the block's input, is then recomputed from the residual stream (kept
+  anyway) instead of kept as one more [B, T, D] array per layer."""
+  inside = cfg.remat in _FFN_POLICIES and cfg.norm == "pre"
+
+  def block(mdl: nn.Module, y: Array) -> Array:  # Modules made here belong to `mdl` (`layer`).
+    del mdl
+    if inside:
+      y = _norm(cfg, "norm_ffn")(y)
+    return layers.FeedForward(cfg.d_ff, cfg.activation, cfg.ffn_dropout, cfg.dtype,
+                              cfg.param_dtype, name="ffn")(y, deterministic)
+
   if cfg.remat in _FFN_POLICIES:
-    ffn = nn.remat(ffn, prevent_cse=cfg.scan_unroll > 1, static_argnums=(2,),
-                   policy=_FFN_POLICIES[cfg.remat])
-  return ffn(
-      cfg.d_ff, cfg.activation, cfg.ffn_dropout, cfg.dtype, cfg.param_dtype,
-      name="ffn")(x, deterministic)
+    block = nn.remat(block, prevent_cse=cfg.scan_unroll > 1, policy=_FFN_POLICIES[cfg.remat])
+  return _residual(cfg, x, lambda y: block(layer, y), None if inside else _norm(cfg, "norm_ffn"),
+                   deterministic, norms_itself=inside)
 
 
 @struct.dataclass
@@ -106,7 +118,7 @@ class EncoderLayer(nn.Module):
     x = _residual(cfg, x, lambda y: attn(y, y, ctx.self_mask, bias=ctx.bias,
                                          positions=ctx.positions, deterministic=det),
                   _norm(cfg, "norm_attention"), det)
-    x = _residual(cfg, x, lambda y: _feed_forward(cfg, y, det), _norm(cfg, "norm_ffn"), det)
+    x = _ffn_residual(cfg, self, x, det)
     return x, None  # [B, S, D]
 
 
@@ -135,7 +147,7 @@ class DecoderLayer(nn.Module):
       x = _residual(cfg, x, lambda y: cross(y, ctx.encoded, ctx.cross_mask, deterministic=det,
                                             cross_cache=cache),
                     _norm(cfg, "norm_cross"), det)
-    x = _residual(cfg, x, lambda y: _feed_forward(cfg, y, det), _norm(cfg, "norm_ffn"), det)
+    x = _ffn_residual(cfg, self, x, det)
     return x, None  # [B, T, D]
 
 

@@ -63,10 +63,11 @@ def _split(x: Array, chunk: int) -> Array:
 
 
 def _logits(h: Array, table: Array, bias: Array | None, logits_dtype) -> Array:
-  logits = jnp.einsum("bcd,vd->bcv", h, table, preferred_element_type=jnp.float32)  # [B, c, V]
+  """[B, c, V] logits, computed in (float32-accumulated) logits_dtype, read as float32."""
+  logits = jnp.einsum("bcd,vd->bcv", h, table, preferred_element_type=logits_dtype)
   if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
-  return logits.astype(logits_dtype).astype(jnp.float32)
+    logits = logits + bias.astype(logits_dtype)
+  return logits.astype(jnp.float32)
 
 
 def _scan(body, init, xs, n: int, unroll: bool):
