@@ -42,9 +42,18 @@ def _activation_remedies(report: dict[str, Any], config: ml_collections.ConfigDi
                  "layer, and causal chunks skip the keys after their end")
   if model.remat == "none":
     loop = " --config.model.scan_unroll=1" if model.scan_unroll > 1 else ""
-    lines.append(f"  --config.model.remat=ffn{loop} (or minimal, or full): recompute "
+    lines.append(f"  --config.model.remat=ffn{loop} (or ffn_act, minimal, full): recompute "
                  "activations in the backward pass instead of keeping them (ffn: the "
                  "feed-forward's hidden layer only; remat needs the layer loop)")
+  # The loss's float32 logits, whole: [rows per device, T, V].
+  logits_gib = (report["tokens_per_step"] / (report["mesh"]["data"] * report["mesh"]["fsdp"])
+                * config.tokenizer.vocab_size * 4 / 2**30)
+  if not config.loss_chunk and logits_gib >= 0.5:
+    chunk = math.gcd(512, config.data.max_target_len)
+    lines.append(f"  --config.loss_chunk={chunk} --config.fused_loss=True: the output layer "
+                 f"and the loss {chunk} positions at a time, the gradient computed in the "
+                 f"forward pass (the whole [B, T, V] float32 logits are {logits_gib:.2f} GiB "
+                 "per device)")
   return lines
 
 
