@@ -51,9 +51,10 @@ class ModelConfig:
       layer's input, "dots"/"dots_no_batch" the matmul outputs (without batch dims: not the
       attention's), "minimal" those and the fused attention's output and statistics (splash,
       attention_chunk > 0); "ffn" everything but the feed-forward's hidden layer (recomputed
-      from the block's input: one more matmul per layer, two gated); "ffn_act" everything but
-      the activation's output (recomputed from the saved pre-activation: no matmul; it saves
-      nothing with relu, whose gradient is taken from its output).
+      from the block's input: one more matmul per layer, two gated; with pre-LN its norm's
+      output too); "ffn_act" everything but the activation's output (recomputed from the
+      saved pre-activation: no matmul; it saves nothing with relu, whose gradient is taken
+      from its output).
     scan_unroll: layers per iteration of the compiled layer loop. 1 compiles one layer (fastest
       compile, least memory); a value >= the depth unrolls the stack (no loop: faster steps on
       CPU, slower compiles and more activation memory; remat must then be "none"). Parameters

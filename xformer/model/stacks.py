@@ -34,7 +34,7 @@ _REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
         jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
         jax.checkpoint_policies.save_only_these_names(*flash_xla.SAVED_NAMES, splash.SAVED_NAME)),
 }
-# remat="ffn" and "ffn_act" are no layer policies: `_feed_forward` rematerialises the
+# remat="ffn" and "ffn_act" are no layer policies: `_ffn_residual` rematerialises the
 # feed-forward block alone, "ffn" from its input (its [B*T, F] arrays, the largest, and W1's
 # product recomputed), "ffn_act" from its pre-activations (only the activation recomputed).
 _FFN_POLICIES = {"ffn": jax.checkpoint_policies.nothing_saveable,
@@ -67,10 +67,11 @@ def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttentio
 def _ffn_residual(cfg: ModelConfig, layer: nn.Module, x: Array, deterministic: bool) -> Array:
   """The feed-forward sublayer of `layer` with its residual and LayerNorm ("norm_ffn").
 
-  Under remat="ffn"/"ffn_act" the block is rematerialised, and with pre-LN its LayerNorm with
-  it: the norm's output, the block's input, is then recomputed from the residual stream (kept
-  anyway) instead of kept as one more [B, T, D] array per layer."""
-  inside = cfg.remat in _FFN_POLICIES and cfg.norm == "pre"
+  Under remat="ffn"/"ffn_act" the block is rematerialised; under "ffn" with pre-LN its
+  LayerNorm with it: the norm's output, the block's input, is then recomputed from the residual
+  stream (kept anyway) instead of kept as one more [B, T, D] array per layer. ("ffn_act"
+  recomputes the activation alone: with the norm too it was slower, benchmarks/README.md.)"""
+  inside = cfg.remat == "ffn" and cfg.norm == "pre"
 
   def block(mdl: nn.Module, y: Array) -> Array:  # Modules made here belong to `mdl` (`layer`).
     del mdl
