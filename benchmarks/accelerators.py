@@ -49,6 +49,12 @@ VARIANTS = {
     "xla_chunked+ffn": ["model.attention_impl=xla", "model.attention_chunk=512",
                         "model.scan_unroll=1", "model.remat=ffn"],
     "auto+ffn": ["model.attention_impl=auto", "model.scan_unroll=1", "model.remat=ffn"],
+    # The least memory at little time (benchmarks/README.md): the loss projected 256 positions
+    # at a time with its gradient in the forward pass, and the cheapest remat that does it.
+    "xla_lean": ["model.attention_impl=xla", "model.attention_chunk=256", "model.scan_unroll=1",
+                 "model.remat=ffn", "fused_loss=True", "loss_chunk=256"],
+    "auto_lean": ["model.attention_impl=auto", "model.scan_unroll=1", "model.remat=ffn_act",
+                  "fused_loss=True", "loss_chunk=256"],
 }
 
 
