@@ -144,3 +144,19 @@ def test_minimal_remat_recomputes_no_forward_attention():
   plain_count = matmuls(f)
   assert matmuls(jax.checkpoint(f, policy=policies["minimal"])) == plain_count
   assert matmuls(jax.checkpoint(f, policy=policies["dots_no_batch"])) == plain_count + 2 * 4
+
+
+def test_attention_module_keeps_the_output_once():
+  """In the attention module with attention_chunk, the output projection reads flash_xla's own
+  residual (its [B, T, N, H] output): the layer keeps q, k, v, the output and its input rows,
+  five arrays of B * T * D elements, not a sixth [B*T, D] copy of the output."""
+  from xformer.model.attention import MultiHeadAttention  # pylint: disable=import-outside-toplevel
+  b, t, d = 2, 32, 16
+  x = jnp.asarray(np.random.default_rng(6).standard_normal((b, t, d)), jnp.float32)
+  attn = MultiHeadAttention(num_heads=2, head_dim=8, implementation="xla", chunk=8)
+  params = attn.init(jax.random.key(0), x, x, masks.Mask(causal=True))
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda p, x: jnp.sum(attn.apply(p, x, x, masks.Mask(causal=True))), params, x)
+  assert _float_sizes(out.getvalue()).count(b * t * d) == 5, out.getvalue()

@@ -130,6 +130,10 @@ class MultiHeadAttention(nn.Module):
       out = jnp.einsum("BNTS,BSNH->BTNH", probs.astype(v.dtype), v)  # [B, T, N, H]
     else:
       out = self._fused(q, k, v, mask, bias)  # [B, T, N, H]
+    if not explicit and self._chunked(mask, q.shape[1]):  # flash_xla keeps `out` for its own
+      # backward pass: W_out's gradient reads that residual, where a [B*T, D] copy of it would be
+      # one more array kept per layer.
+      return jnp.einsum("BTNH,NHD->BTD", out.astype(self.dtype), w["out"])  # [B, T, D]
     b, t = out.shape[:2]
     out = jnp.matmul(out.reshape(b * t, -1).astype(self.dtype),
                      w["out"].reshape(-1, w["out"].shape[-1]))  # [B*T, D]
@@ -164,7 +168,7 @@ class MultiHeadAttention(nn.Module):
     else:
       dense = mask.dense(q.shape[1], k.shape[1])  # [B|1, 1, T, S]
       t = q.shape[1]
-      if self.chunk and not mask.decoding and t % self.chunk == 0:
+      if self._chunked(mask, t):
         return flash_xla.attend(q, k, v, dense, bias, chunk=self.chunk,
                                 causal=mask.causal and t == k.shape[1])
       kernel = dict(mask=dense)
@@ -173,6 +177,11 @@ class MultiHeadAttention(nn.Module):
     if bias is not None and kernel.get("implementation") == "cudnn":
       bias = bias.astype(q.dtype)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, **kernel)  # [B, T, N, H]
+
+  def _chunked(self, mask: masks.Mask, t: int) -> bool:
+    """Whether `_fused` runs flash_xla (attention_chunk set, dividing the T queries)."""
+    return (self.implementation not in LENGTH_KERNELS and bool(self.chunk)
+            and not mask.decoding and t % self.chunk == 0)
 
   def _kernels(self, d_q: int, d_kv: int) -> dict[str, Array]:
     """The projection weights in the compute dtype: query/key/value [D, N, H], out [N, H, D]
