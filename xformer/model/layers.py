@@ -206,6 +206,7 @@ _masked.defvjp(_masked_fwd, _masked_bwd)
 
 FFN_PRE = "ffn_pre_activation"  # The feed-forward's [B*T, F] pre-activations, by name.
 
+
 class FeedForward(nn.Module):
   """Position-wise feed-forward block: FFN(x) = act(x W1 + b1) W2 + b2 (paper eq. 2).
 
@@ -232,9 +233,10 @@ class FeedForward(nn.Module):
     # On [B*T, D] rows: the hidden layer is then one array for both the activation's backward
     # pass and W2's gradient, not two (an array and its reshape) kept side by side.
     x = x.reshape(-1, d_model)  # [B*T, D]
-    # The pre-activations are named for model.remat="ffn_act", which saves them alone.
-    pre = lambda name: checkpoint_name(dense(self.d_ff, (EMBED, MLP), name=name, **kw)(x),  # noqa: E731
-                                       FFN_PRE)
+
+    def pre(name: str) -> Array:  # Named for model.remat="ffn_act", which saves them alone.
+      return checkpoint_name(dense(self.d_ff, (EMBED, MLP), name=name, **kw)(x), FFN_PRE)
+
     h = act(pre("wi"))  # [B*T, F]
     if gated:
       h = h * pre("wi_up")  # [B*T, F]

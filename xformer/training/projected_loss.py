@@ -46,7 +46,7 @@ def projected_cross_entropy(hidden: Array, table: Array, bias: Array | None, tar
   Returns:
     The sums of `losses.cross_entropy`; only `loss` carries a gradient.
   """
-  b, t, _ = hidden.shape
+  t = hidden.shape[1]
   if t % chunk:
     raise errors.ConfigError(f"loss_chunk={chunk} must divide the target length {t}.")
   losses.validate_smoothing(table.shape[0], float(label_smoothing))
