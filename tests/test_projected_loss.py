@@ -95,3 +95,23 @@ def test_chunk_must_divide_the_length():
   hidden, table, _, targets, weights = _inputs()
   with pytest.raises(errors.ConfigError, match="loss_chunk=5 must divide"):
     projected_loss.projected_cross_entropy(hidden, table, None, targets, weights, 0.1, 5)
+
+
+@pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"data": 2, "fsdp": 4}])
+def test_sharded_rows_give_the_same_sums_and_gradients(mesh_shape):
+  """Over a mesh the rows' shards sum their own share of the weights' gradient over the chunks
+  (shard_map) and the shards' sums meet once: the same sums and gradients as on one device, not
+  scaled by the device count."""
+  from xformer.runtime import sharding  # pylint: disable=import-outside-toplevel
+  hidden, table, bias, targets, weights = _inputs(2)
+  hidden, targets, weights = (np.concatenate([a] * 4) for a in (hidden, targets, weights))  # 8 rows
+
+  def grads(h, t, b):
+    return jax.value_and_grad(lambda h, t, b: projected_loss.projected_cross_entropy(
+        h, t, b, targets, weights, 0.1, 4)["loss"], argnums=(0, 1, 2))(h, t, b)
+
+  want = jax.jit(grads)(hidden, table, bias)
+  mesh = sharding.make_mesh({"fsdp": 1, "tensor": 1, **mesh_shape})
+  with jax.set_mesh(mesh):
+    got = jax.jit(grads)(hidden, table, bias)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)

@@ -10,6 +10,10 @@ the chunks). Nothing of the [B, T, V] logits outlives its chunk, and nothing is 
 step does the same three [.., D] x [D, V] products as autodiff, where `losses.chunked`
 (checkpointed chunks, the autodiff path) does four.
 
+Over a mesh whose batch axes split the rows, each shard runs the chunks on its own rows and
+the shards' sums of the weights' gradient meet once (one reduction per step, as autodiff's);
+under plain SPMD the sum over chunks would be reduced across devices in every chunk.
+
 Only `loss` is differentiable: `nll`, `correct` and `weight` are returned under stop_gradient
 (training differentiates `loss`; the others are metrics). Evaluation runs the primal function,
 which computes no gradient.
@@ -21,6 +25,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from xformer import errors
 from xformer.training import losses
@@ -50,9 +55,25 @@ def projected_cross_entropy(hidden: Array, table: Array, bias: Array | None, tar
   if t % chunk:
     raise errors.ConfigError(f"loss_chunk={chunk} must divide the target length {t}.")
   losses.validate_smoothing(table.shape[0], float(label_smoothing))
-  loss, stats = _projected(hidden, table, bias, targets, weights.astype(jnp.float32),
-                           (float(label_smoothing), chunk, jnp.dtype(logits_dtype), unroll,
-                            table.dtype, None if bias is None else bias.dtype))
+  static = (float(label_smoothing), chunk, jnp.dtype(logits_dtype), unroll, table.dtype,
+            None if bias is None else bias.dtype)
+  args = (hidden, table, bias, targets, weights.astype(jnp.float32))
+  mesh = jax.sharding.get_abstract_mesh()
+  batch_axes = () if mesh.empty else tuple(a for a in ("data", "fsdp")
+                                           if a in mesh.axis_names and mesh.shape[a] > 1)
+  if not batch_axes:
+    loss, stats = _projected(*args, static)
+  else:
+    # Per shard of rows: each device sums its rows' share of the weights' gradient over the
+    # chunks, and the shards' sums meet once, in the shard_map's transpose of the replicated
+    # weights (under plain SPMD, XLA reduces the partial sum across devices in every chunk).
+    # Each shard returns its own sums, added up outside (a psum inside would be transposed
+    # into another psum, scaling the gradients by the device count, without check_vma).
+    rows, whole = P(batch_axes), P()
+    per_shard = jax.shard_map(
+        lambda *a: jax.tree.map(lambda x: x[None], _projected(*a, static)), mesh=mesh,
+        in_specs=(rows, whole, whole, rows, rows), out_specs=rows, check_vma=False)
+    loss, stats = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_shard(*args))
   return {"loss": loss, **jax.lax.stop_gradient(stats)}
 
 
