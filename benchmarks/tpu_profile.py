@@ -79,6 +79,9 @@ def main(argv=None):
   p.add_argument("--target", default="v5p-8")
   p.add_argument("--set", action="append", default=[], help="Config override key=value.")
   p.add_argument("--top", type=int, default=15, help="Largest single instructions to list.")
+  p.add_argument("--unrolled", action="store_true",
+                 help="Profile the step with its layer loop (and loss chunks) unrolled, as "
+                 "xformer.compile does for its estimate: every layer counted, remat included.")
   args = p.parse_args(argv)
   platforms.compile_only_environment(args.target)
   from xformer import config_lib, targets  # pylint: disable=import-outside-toplevel
@@ -86,6 +89,8 @@ def main(argv=None):
   config = config_lib.load_file(args.config, None, args.set)
   target = targets.parse(args.target)
   run = compile_lib.build_run(config, target)
+  if args.unrolled:
+    run = compile_lib._unrolled(run)  # pylint: disable=protected-access
   fn, step_args = compile_lib.step_and_args(run, "train")
   lowered = fn.lower(*step_args)
   compiled = lowered.compile()

@@ -91,6 +91,33 @@ def _logits(h: Array, table: Array, bias: Array | None, logits_dtype) -> Array:
   return logits.astype(jnp.float32)
 
 
+def _terms(h: Array, logits: Array, targets: Array, normaliser: Array, row_sum: Array,
+           bias: Array | None) -> tuple[Array, Array, Array, Array]:
+  """losses.terms of a chunk, each [B, c], without a pass of their own over the logits: the max
+  and the target's logit are reductions XLA fuses into the logits' product, the sum of
+  exponentials comes out of a product (`normaliser`), and the sum over the vocabulary is
+  h . sum_v w_v (+ sum_v b_v).
+
+  Args:
+    h: [B, c, D]. logits: [B, c, V] float32. targets: [B, c].
+    normaliser: fn of the exponentials [B, c, V] (bf16, in (0, 1], 1 at the max) -> their
+      sum [B, c] (float32-accumulated).
+    row_sum: [D] float32 sum of the table's rows. bias: [V] or None.
+  """
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # [B, c]
+  on_target = jnp.arange(logits.shape[-1]) == targets[..., None]  # [B, c, V]
+  target_logit = jnp.sum(jnp.where(on_target, logits, 0.0), axis=-1)  # [B, c]
+  total = jnp.einsum("bcd,d->bc", h.astype(jnp.float32), row_sum)  # [B, c]
+  if bias is not None:
+    total = total + jnp.sum(bias.astype(jnp.float32))
+  lse = top + jnp.log(normaliser(jnp.exp(logits - top[..., None]).astype(h.dtype)))
+  return top, lse, target_logit, total
+
+
+def _row_sum(table: Array) -> Array:
+  return jnp.sum(table.astype(jnp.float32), axis=0)  # [D]
+
+
 def _scan(body, init, xs, n: int, unroll: bool):
   return jax.lax.scan(body, init, xs, unroll=n if unroll else 1)
 
@@ -99,10 +126,13 @@ def _scan(body, init, xs, n: int, unroll: bool):
 def _projected(hidden, table, bias, targets, weights, static):
   eps, chunk, logits_dtype, unroll = static[:4]
   vocab, n = table.shape[0], hidden.shape[1] // chunk
+  row_sum, ones = _row_sum(table), jnp.ones((vocab,), table.dtype)
+  normaliser = lambda e: jnp.einsum("bcv,v->bc", e, ones,  # noqa: E731
+                                    preferred_element_type=jnp.float32)
 
   def one(sums, xs):
     h, tg, w = xs  # [B, c, D], [B, c], [B, c]
-    terms = losses.terms(_logits(h, table, bias, logits_dtype), tg)
+    terms = _terms(h, _logits(h, table, bias, logits_dtype), tg, normaliser, row_sum, bias)
     return jax.tree.map(jnp.add, sums, losses.sums(vocab, eps, *terms, w)), None
 
   sums, _ = _scan(one, _zeros(), (_split(hidden, chunk), _split(targets, chunk),
@@ -117,15 +147,32 @@ def _zeros() -> losses.Sums:
 def _projected_fwd(hidden, table, bias, targets, weights, static):
   eps, chunk, logits_dtype, unroll = static[:4]
   vocab, n = table.shape[0], hidden.shape[1] // chunk
+  confidence, low, _ = losses.validate_smoothing(vocab, eps)
+  row_sum = _row_sum(table)
+  # The exponentials times [table | 1]: sum_v e_v w_v and the normaliser sum_v e_v from one
+  # product, so the hidden states' gradient sum_v (p_v - q_v) w_v needs no second product and
+  # the normaliser no pass of its own over [B, c, V].
+  table_ones = jnp.concatenate([table, jnp.ones((vocab, 1), table.dtype)], axis=1)  # [V, D+1]
 
   def one(carry, xs):
     sums, d_table, d_bias = carry  # d_table [V, D], d_bias [V]: float32 sums over chunks.
     h, tg, w = xs  # [B, c, D], [B, c], [B, c]
     logits = _logits(h, table, bias, logits_dtype)  # [B, c, V]
-    terms = losses.terms(logits, tg)
+    products = {}
+
+    def normaliser(e):  # [B, c, V] -> [B, c], keeping sum_v e_v w_v [B, c, D] for d_h.
+      us = jnp.einsum("bcv,vd->bcd", e, table_ones, preferred_element_type=jnp.float32)
+      products["u"] = us[..., :-1]
+      return us[..., -1]
+
+    terms = _terms(h, logits, tg, normaliser, row_sum, bias)
     sums = jax.tree.map(jnp.add, sums, losses.sums(vocab, eps, *terms, w))
-    d_logits = losses.d_logits(logits, terms[1], tg, w, jnp.zeros_like(w), eps).astype(h.dtype)
-    d_h = jnp.einsum("bcv,vd->bcd", d_logits, table, preferred_element_type=jnp.float32)
+    lse = terms[1]  # [B, c]
+    # sum_v q_v w_v = low sum_v w_v + (confidence - low) w_target.
+    q_rows = low * row_sum + (confidence - low) * jnp.take(table, tg, axis=0).astype(
+        jnp.float32)  # [B, c, D]
+    d_h = w[..., None] * (products["u"] * jnp.exp(terms[0] - lse)[..., None] - q_rows)
+    d_logits = losses.d_logits(logits, lse, tg, w, jnp.zeros_like(w), eps).astype(h.dtype)
     d_table = d_table + jnp.einsum("bcv,bcd->vd", d_logits, h,
                                    preferred_element_type=jnp.float32)
     if d_bias is not None:
