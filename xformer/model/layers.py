@@ -93,90 +93,30 @@ _tied_logits_fused.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 def dense(features, axes: tuple[str | None, ...], *, axis=-1, use_bias: bool, dtype: Dtype,
-          param_dtype: Dtype, name: str, kernel_init=default_kernel_init) -> "Dense":
-  """A dense layer whose kernel (and bias) carry logical axis names.
+          param_dtype: Dtype, name: str, kernel_init=default_kernel_init) -> nn.DenseGeneral:
+  """A `DenseGeneral` whose kernel (and bias) carry logical axis names.
 
   Args:
     features: output features, an int or a tuple (e.g. (N, H) for a head projection).
     axes: logical names of every kernel dimension, inputs first (e.g. (EMBED, HEADS, KV)).
-    axis: input axes contracted, trailing (e.g. (-2, -1) for the [N, H] -> D output projection).
+    axis: input axes contracted (e.g. (-2, -1) for the [N, H] -> D output projection).
     use_bias: whether to add a bias.
     dtype: compute dtype; param_dtype: storage dtype.
     name: parameter scope name.
     kernel_init: initializer of the (flattened 2-D) kernel.
   """
-  return Dense(features=features if isinstance(features, tuple) else (features,),
-               axes=tuple(axes), axis=axis if isinstance(axis, tuple) else (axis,),
-               use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-               kernel_init=kernel_init, name=name)
-
-
-class Dense(nn.Module):
-  """`nn.DenseGeneral` over trailing axes, with the same parameters (names, shapes, logical
-  axes, initial values: tests/test_model.py), computed as one 2-D product
-  (`matmul_dot_general`), and a bias whose gradient is summed in float32 (`add_bias`).
-
-  Attributes:
-    features: output dimensions. axes: logical names of every kernel dimension, inputs first.
-    axis: the input's contracted axes (trailing). use_bias: whether to add a bias.
-    dtype: compute dtype; param_dtype: storage dtype. kernel_init: initializer of the
-    flattened [prod(inputs), prod(features)] kernel.
-  """
-
-  features: tuple[int, ...]
-  axes: tuple[str | None, ...]
-  axis: tuple[int, ...] = (-1,)
-  use_bias: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  kernel_init: Any = default_kernel_init
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    n_in = len(self.axis)
-    contract = tuple(sorted(a % x.ndim for a in self.axis))
-    if contract != tuple(range(x.ndim - n_in, x.ndim)):
-      raise ValueError(f"Dense contracts trailing axes; got axis={self.axis} of {x.shape}.")
-    shape = x.shape[x.ndim - n_in:] + self.features
-    kernel = self.param("kernel", nn.with_logical_partitioning(
-        _flat_init(self.kernel_init, n_in), self.axes), shape, self.param_dtype)
-    dims = ((contract, tuple(range(n_in))), ((), ()))
-    y = matmul_dot_general(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype), dims)
-    if not self.use_bias:
-      return y
-    bias = self.param("bias", nn.with_logical_partitioning(
-        nn.initializers.zeros, self.axes[n_in:]), self.features, self.param_dtype)
-    return add_bias(y, bias)
-
-
-@jax.custom_vjp
-def add_bias(y: Array, bias: Array) -> Array:
-  """y + bias (broadcast over y's leading axes) in y's dtype; the bias's gradient is summed in
-  float32 and reaches a float32 bias without a pass through y's dtype. (Autodiff of the cast and
-  add sums a bfloat16 cotangent in bfloat16, which XLA:TPU runs as a slow standalone reduction:
-  benchmarks/README.md.)"""
-  return y + bias.astype(y.dtype)
-
-
-def _add_bias_fwd(y, bias):
-  return add_bias(y, bias), bias  # [F...]: its shape and dtype shape the gradient.
-
-
-def _add_bias_bwd(bias, g):
-  lead = tuple(range(g.ndim - bias.ndim))
-  return g, jnp.sum(g, axis=lead, dtype=jnp.float32).astype(bias.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
-def _flat_init(init, num_inputs: int):
-  """`init` applied to the flattened [prod(inputs), prod(outputs)] matrix, reshaped (as
-  nn.DenseGeneral initialises its kernel)."""
-  def flat(rng, shape, dtype=jnp.float32):
-    rows, cols = math.prod(shape[:num_inputs]), math.prod(shape[num_inputs:])
-    return init(rng, (rows, cols), dtype).reshape(shape)
-  return flat
+  n_out = len(features) if isinstance(features, tuple) else 1
+  return nn.DenseGeneral(
+      features=features,
+      axis=axis,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]),
+      dot_general=matmul_dot_general,
+      name=name,
+  )
 
 
 class Kernel(nn.Module):
@@ -200,7 +140,10 @@ class Kernel(nn.Module):
 
   @nn.compact
   def __call__(self) -> Array:
-    init = _flat_init(default_kernel_init, self.num_inputs)
+    def init(rng, shape, dtype):
+      flat = (math.prod(shape[:self.num_inputs]), math.prod(shape[self.num_inputs:]))
+      return default_kernel_init(rng, flat, dtype).reshape(shape)
+
     kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), self.shape,
                         self.param_dtype)
     return jnp.asarray(kernel, self.dtype)
