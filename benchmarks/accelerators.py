@@ -54,7 +54,7 @@ VARIANTS = {
     "xla_lean": ["model.attention_impl=xla", "model.attention_chunk=256", "model.scan_unroll=1",
                  "model.remat=ffn", "fused_loss=True", "loss_chunk=256"],
     "auto_lean": ["model.attention_impl=auto", "model.scan_unroll=1", "model.remat=ffn_act",
-                  "fused_loss=True", "loss_chunk=256"],
+                  "fused_loss=True", "loss_chunk=256", "model.fused_qkv=False"],
 }
 
 

@@ -104,11 +104,13 @@ def test_models_with_splash_equal_xla_sharded_over_8_devices(posemb):
   pos = jnp.asarray(_segment_positions(np.asarray(seg)))  # Restarting per segment, as packed.
   tokens = jnp.where(seg > 0, jnp.asarray(rng.integers(3, 50, (8, T))), 0)
   out = {}
-  for impl in ("xla", "splash"):
+  # And self-attention's q, k, v from three products instead of one (model.fused_qkv).
+  for impl in ("xla", "splash") + (("splash_three_products",) if posemb == "rope" else ()):
     # gelu, not relu: a hidden unit at relu's kink for one token would flip between kernels
     # that sum in another order and jump its gradient (seen on one CPU); attention is compared.
     cfg = model_config.variant("tiny", vocab_size=50, num_heads=2, posemb=posemb, dropout=0.0,
-                               max_len=T, attention_impl=impl, activation="gelu")
+                               max_len=T, attention_impl=impl.split("_")[0], activation="gelu",
+                               fused_qkv=impl == "splash")
     model = model_lib.Transformer(cfg)
     params = model_lib.init_params(model, jax.random.key(0))
 
@@ -119,6 +121,10 @@ def test_models_with_splash_equal_xla_sharded_over_8_devices(posemb):
 
     with jax.set_mesh(mesh):
       out[impl] = jax.jit(jax.value_and_grad(loss))(params)
+  if "splash_three_products" in out:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(  # The same sums, another order.
+        a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max())), out["splash_three_products"],
+        out["splash"])
   np.testing.assert_allclose(out["splash"][0], out["xla"][0], rtol=1e-4)
   # Gradients sum thousands of terms in another order (blockwise online softmax): elements
   # near zero in an array of scale ~50 differ by ~1e-3 of the scale; a wrong mask or segment

@@ -75,6 +75,9 @@ class MultiHeadAttention(nn.Module):
     chunk: > 0: dense-mask attention (self or cross) `chunk` queries at a time with the
       probabilities recomputed in the backward pass (flash_xla: no [T, S] residuals; causal
       chunks skip the keys after their end); 0: jax.nn.dot_product_attention, all at once.
+    fused_qkv: splash only: self-attention's q, k and v from one product with the stacked
+      weights (True) or from three (False); the TPU compiler prefers one at T=256 and three at
+      T=2048 (benchmarks/README.md). Same parameters and numbers either way.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -84,6 +87,7 @@ class MultiHeadAttention(nn.Module):
   rotate_fn: Callable[[Array, Array, str], Array] | None = None
   implementation: str | None = None
   chunk: int = 0
+  fused_qkv: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -197,12 +201,15 @@ class MultiHeadAttention(nn.Module):
               mask: masks.Mask) -> Array:
     """Attention through the splash kernel, projected straight into its heads-first layout:
     q, k and v of self-attention in one product (k and v of cross-attention in one), the
-    1/sqrt(H) scale folded into the query weight (a [D, N, H] multiply, not one per token)."""
+    1/sqrt(H) scale folded into the query weight (a [D, N, H] multiply, not one per token);
+    with fused_qkv=False self-attention's q, k and v in three products."""
     self_attention = x_kv is x_q
     x_q, x_kv = x_q.astype(self.dtype), x_kv.astype(self.dtype)
     w_q = (w["query"] * self.head_dim ** -0.5).astype(self.dtype)
-    if self_attention:
+    if self_attention and self.fused_qkv:
       q, k, v = jnp.einsum("BTD,CDNH->CBNTH", x_q, jnp.stack([w_q, w["key"], w["value"]]))
+    elif self_attention:
+      q, k, v = (jnp.einsum("BTD,DNH->BNTH", x_q, w_x) for w_x in (w_q, w["key"], w["value"]))
     else:
       q = jnp.einsum("BTD,DNH->BNTH", x_q, w_q)  # [B, N, T, H]
       k, v = jnp.einsum("BSD,CDNH->CBNSH", x_kv, jnp.stack([w["key"], w["value"]]))

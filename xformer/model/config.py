@@ -69,6 +69,9 @@ class ModelConfig:
       FlashAttention's backward pass (xformer/model/flash_xla.py): no [T, S] probabilities are
       kept for the backward pass, and a causal chunk reads only the keys before its end (about
       half the logits of a long sequence are never formed). 0: the whole [T, S] at once.
+    fused_qkv: splash attention: self-attention's q, k and v from one product with the stacked
+      weights (True) or three (False); by measurement (benchmarks/README.md): one for wmt_base
+      (T=256), three for the 100M LM at T=2048. The parameters do not change.
     layer_norm_eps: LayerNorm epsilon.
   """
 
@@ -98,6 +101,7 @@ class ModelConfig:
   scan_unroll: int = 1
   attention_impl: str = "xla"
   attention_chunk: int = 0
+  fused_qkv: bool = True
   layer_norm_eps: float = 1e-6
 
   def __post_init__(self):

@@ -61,7 +61,7 @@ def _attention(cfg: ModelConfig, name: str, rotate_fn=None) -> MultiHeadAttentio
   return MultiHeadAttention(
       num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.attention_dropout,
       rotate_fn=rotate_fn, implementation=cfg.attention_impl, chunk=cfg.attention_chunk,
-      dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
+      fused_qkv=cfg.fused_qkv, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
 
 
 def _ffn_residual(cfg: ModelConfig, layer: nn.Module, x: Array, deterministic: bool) -> Array:
