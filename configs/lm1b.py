@@ -13,6 +13,9 @@ def get_config(arg=None):
                                      activation="gelu", max_len=512)
   c.model.dtype = "bfloat16"
   c.model.attention_impl = "auto"  # Splash on TPU where it applies (xformer/model/splash.py).
+  # q, k, v in three products: on v5p-8 (estimates) 28.08 vs 30.03 ms for this config's step,
+  # 52.17 vs 54.71 ms for the 100M LM at T=2048 (benchmarks/README.md).
+  c.model.fused_qkv = False
   # Plain autodiff of the loss and tied projection: the TPU compiler prefers it here too (fewer
   # temporaries per device; benchmarks/README.md, "The loss paths on TPU").
   c.fused_loss = False
