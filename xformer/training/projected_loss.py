@@ -91,17 +91,16 @@ def _logits(h: Array, table: Array, bias: Array | None, logits_dtype) -> Array:
   return logits.astype(jnp.float32)
 
 
-def _terms(h: Array, logits: Array, targets: Array, normaliser: Array, row_sum: Array,
-           bias: Array | None) -> tuple[Array, Array, Array, Array]:
-  """losses.terms of a chunk, each [B, c], without a pass of their own over the logits: the max
-  and the target's logit are reductions XLA fuses into the logits' product, the sum of
-  exponentials comes out of a product (`normaliser`), and the sum over the vocabulary is
-  h . sum_v w_v (+ sum_v b_v).
+def _terms(h: Array, logits: Array, targets: Array, row_sum: Array, bias: Array | None
+           ) -> tuple[Array, Array, Array, Array]:
+  """(max [B, c], exponentials [B, c, V], target's logit [B, c], sum of logits [B, c]) of a
+  chunk, without a pass of their own over the logits: the max and the target's logit are
+  reductions XLA fuses into the logits' product; the exponentials exp(logits - max), in h's
+  dtype (in (0, 1], 1 at the max), are left to the caller's product that sums them; the sum
+  over the vocabulary is h . sum_v w_v (+ sum_v b_v).
 
   Args:
     h: [B, c, D]. logits: [B, c, V] float32. targets: [B, c].
-    normaliser: fn of the exponentials [B, c, V] (bf16, in (0, 1], 1 at the max) -> their
-      sum [B, c] (float32-accumulated).
     row_sum: [D] float32 sum of the table's rows. bias: [V] or None.
   """
   top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # [B, c]
@@ -110,33 +109,35 @@ def _terms(h: Array, logits: Array, targets: Array, normaliser: Array, row_sum: 
   total = jnp.einsum("bcd,d->bc", h.astype(jnp.float32), row_sum)  # [B, c]
   if bias is not None:
     total = total + jnp.sum(bias.astype(jnp.float32))
-  lse = top + jnp.log(normaliser(jnp.exp(logits - top[..., None]).astype(h.dtype)))
-  return top, lse, target_logit, total
+  return top, jnp.exp(logits - top[..., None]).astype(h.dtype), target_logit, total
 
 
 def _row_sum(table: Array) -> Array:
   return jnp.sum(table.astype(jnp.float32), axis=0)  # [D]
 
 
-def _scan(body, init, xs, n: int, unroll: bool):
+def _scan(body, init, hidden, targets, weights, chunk: int, unroll: bool):
+  """lax.scan of body over the chunks of (hidden, targets, weights)."""
+  xs = tuple(_split(x, chunk) for x in (hidden, targets, weights))
+  n = hidden.shape[1] // chunk
   return jax.lax.scan(body, init, xs, unroll=n if unroll else 1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _projected(hidden, table, bias, targets, weights, static):
   eps, chunk, logits_dtype, unroll = static[:4]
-  vocab, n = table.shape[0], hidden.shape[1] // chunk
+  vocab = table.shape[0]
   row_sum, ones = _row_sum(table), jnp.ones((vocab,), table.dtype)
-  normaliser = lambda e: jnp.einsum("bcv,v->bc", e, ones,  # noqa: E731
-                                    preferred_element_type=jnp.float32)
 
   def one(sums, xs):
     h, tg, w = xs  # [B, c, D], [B, c], [B, c]
-    terms = _terms(h, _logits(h, table, bias, logits_dtype), tg, normaliser, row_sum, bias)
-    return jax.tree.map(jnp.add, sums, losses.sums(vocab, eps, *terms, w)), None
+    top, e, target_logit, total = _terms(h, _logits(h, table, bias, logits_dtype), tg,
+                                         row_sum, bias)
+    lse = top + jnp.log(jnp.einsum("bcv,v->bc", e, ones, preferred_element_type=jnp.float32))
+    return jax.tree.map(jnp.add, sums,
+                        losses.sums(vocab, eps, top, lse, target_logit, total, w)), None
 
-  sums, _ = _scan(one, _zeros(), (_split(hidden, chunk), _split(targets, chunk),
-                                  _split(weights, chunk)), n, unroll)
+  sums, _ = _scan(one, _zeros(), hidden, targets, weights, chunk, unroll)
   return sums["loss"], {k: sums[k] for k in ("nll", "correct", "weight")}
 
 
@@ -146,7 +147,7 @@ def _zeros() -> losses.Sums:
 
 def _projected_fwd(hidden, table, bias, targets, weights, static):
   eps, chunk, logits_dtype, unroll = static[:4]
-  vocab, n = table.shape[0], hidden.shape[1] // chunk
+  vocab = table.shape[0]
   confidence, low, _ = losses.validate_smoothing(vocab, eps)
   row_sum = _row_sum(table)
   # The exponentials times [table | 1]: sum_v e_v w_v and the normaliser sum_v e_v from one
@@ -158,20 +159,16 @@ def _projected_fwd(hidden, table, bias, targets, weights, static):
     sums, d_table, d_bias = carry  # d_table [V, D], d_bias [V]: float32 sums over chunks.
     h, tg, w = xs  # [B, c, D], [B, c], [B, c]
     logits = _logits(h, table, bias, logits_dtype)  # [B, c, V]
-    products = {}
-
-    def normaliser(e):  # [B, c, V] -> [B, c], keeping sum_v e_v w_v [B, c, D] for d_h.
-      us = jnp.einsum("bcv,vd->bcd", e, table_ones, preferred_element_type=jnp.float32)
-      products["u"] = us[..., :-1]
-      return us[..., -1]
-
-    terms = _terms(h, logits, tg, normaliser, row_sum, bias)
-    sums = jax.tree.map(jnp.add, sums, losses.sums(vocab, eps, *terms, w))
-    lse = terms[1]  # [B, c]
+    top, e, target_logit, total = _terms(h, logits, tg, row_sum, bias)
+    us = jnp.einsum("bcv,vd->bcd", e, table_ones, preferred_element_type=jnp.float32)
+    u, s = us[..., :-1], us[..., -1]  # [B, c, D], [B, c]
+    lse = top + jnp.log(s)  # [B, c]
+    sums = jax.tree.map(jnp.add, sums,
+                        losses.sums(vocab, eps, top, lse, target_logit, total, w))
     # sum_v q_v w_v = low sum_v w_v + (confidence - low) w_target.
     q_rows = low * row_sum + (confidence - low) * jnp.take(table, tg, axis=0).astype(
         jnp.float32)  # [B, c, D]
-    d_h = w[..., None] * (products["u"] * jnp.exp(terms[0] - lse)[..., None] - q_rows)
+    d_h = w[..., None] * (u / s[..., None] - q_rows)  # [B, c, D]
     d_logits = losses.d_logits(logits, lse, tg, w, jnp.zeros_like(w), eps).astype(h.dtype)
     d_table = d_table + jnp.einsum("bcv,bcd->vd", d_logits, h,
                                    preferred_element_type=jnp.float32)
@@ -181,9 +178,7 @@ def _projected_fwd(hidden, table, bias, targets, weights, static):
 
   init = (_zeros(), jnp.zeros(table.shape, jnp.float32),
           None if bias is None else jnp.zeros(bias.shape, jnp.float32))
-  (sums, d_table, d_bias), d_h = _scan(
-      one, init, (_split(hidden, chunk), _split(targets, chunk), _split(weights, chunk)), n,
-      unroll)
+  (sums, d_table, d_bias), d_h = _scan(one, init, hidden, targets, weights, chunk, unroll)
   d_hidden = d_h.swapaxes(0, 1).reshape(hidden.shape)  # [B, T, D]
   out = (sums["loss"], {k: sums[k] for k in ("nll", "correct", "weight")})
   # The float32 sums stay float32 until scaled (the table's gradient is the step's largest
