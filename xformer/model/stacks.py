@@ -43,12 +43,12 @@ _FFN_POLICIES = {"ffn": jax.checkpoint_policies.nothing_saveable,
 # name of the op that made it, and jax's save_anything_except_these_names saves everything.)
 
 
-def _residual(cfg: ModelConfig, x: Array, sublayer: Callable[[Array], Array], norm: nn.Module,
-              deterministic: bool, norms_itself: bool = False) -> Array:
-  """Post-LN: LN(x + drop(f(x))) as in the paper; pre-LN: x + drop(f(LN(x))), where the
-  sublayer applies the LN itself when `norms_itself` (`norm` is then not called)."""
+def _residual(cfg: ModelConfig, x: Array, sublayer: Callable[[Array], Array],
+              norm: nn.Module | None, deterministic: bool) -> Array:
+  """Post-LN: LN(x + drop(f(x))) as in the paper; pre-LN: x + drop(f(LN(x))), where norm None
+  (pre-LN only) means the sublayer applies the LN itself."""
   pre = cfg.norm == "pre"
-  y = sublayer(norm(x) if pre and not norms_itself else x)
+  y = sublayer(norm(x) if pre and norm is not None else x)
   x = x + layers.Dropout(cfg.dropout)(y, deterministic=deterministic)
   return x if pre else norm(x)
 
@@ -83,7 +83,7 @@ def _ffn_residual(cfg: ModelConfig, layer: nn.Module, x: Array, deterministic: b
   if cfg.remat in _FFN_POLICIES:
     block = nn.remat(block, prevent_cse=cfg.scan_unroll > 1, policy=_FFN_POLICIES[cfg.remat])
   return _residual(cfg, x, lambda y: block(layer, y), None if inside else _norm(cfg, "norm_ffn"),
-                   deterministic, norms_itself=inside)
+                   deterministic)
 
 
 @struct.dataclass
