@@ -85,6 +85,30 @@ def test_the_tpu_cost_model_prices_splash_gradients(causal):
   assert cost["optimal_seconds"] > kernel_flops / 459e12
 
 
+@pytest.mark.usefixtures("_training_matmul_precision")
+@pytest.mark.compile
+def test_the_log_sum_exp_is_not_copied_whole_on_tpu():
+  """The forward kernel writes each row's log-sum-exp into 128 lanes ([B, N, T, 128] float32)
+  and the backward kernels read one lane: compiled for v5p, no instruction copies the lane
+  array (XLA did, into a sequence-minor layout, before keeping lane 0), and the gradients
+  are unchanged (test_splash.py compares them with XLA attention's)."""
+  b, t, n, h = 2, 256, 4, 64
+  device = targets.abstract_devices(targets.parse("v5p-8"))[:1]
+  spec = NamedSharding(Mesh(device, ("data",)), P())
+  x = jax.ShapeDtypeStruct((b, n, t, h), jnp.bfloat16, sharding=spec)
+  seg = jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=spec)
+
+  def loss(q, k, v, s):
+    return jnp.sum(splash.attention(q, k, v, s, s, causal=True).astype(jnp.float32))
+
+  with jax.set_mesh(Mesh(device, ("data",))):
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, seg).compile().as_text()
+  lanes = f"f32[{b},{n},{t},128]"
+  assert f"{lanes}{{" in text  # The kernel's lane array is there ...
+  copies = [line for line in text.splitlines() if " copy(" in line and f"= {lanes}" in line]
+  assert not copies, copies  # ... and never copied whole.
+
+
 def _unfused_phase(phase, causal):
   """One splash kernel's work written out in jnp for XLA ([N, T, H] per call, as the kernel
   is called per row): the forward pass, or the dq / dkv backward kernels from the saved

@@ -17,6 +17,9 @@ full mask computes every block (segment ids mask inside blocks, they skip nothin
   dkv      QK^T, P^T dO, dO V^T, dS^T Q      2 E (2 H + 2 Hv)   , E exp (+ 2 E H fused dq)
 Bytes: the kernel's own rows once (q and o, or k, v and their gradients), the other side's
 blocks once per active block, plus the float32 row statistics.
+
+The same wrapper hands the forward kernel's log-sum-exp on as the max over its 128 equal lanes
+(`_lse_over_lanes`): XLA otherwise copies the whole lane array before keeping one lane.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import types
 from typing import Any
 
 from jax.experimental import pallas as pl
+import jax.numpy as jnp
 
 _PHASES = ("fwd", "dq", "dkv")
 _LANES = 128  # Splash keeps row statistics (logsumexp, di) as [.., T, 128] float32 lanes.
@@ -98,6 +102,31 @@ def _from_call(phase: str, kernel: Any, out_shape: Any, args: tuple[Any, ...]
                   itemsize=itemsize, fused_dq=fused)
 
 
+def _lse_in_lanes(kwargs: dict[str, Any]) -> bool:
+  """Whether a pallas_call is the forward kernel that returns its rows' log-sum-exp last, as
+  [N, T, 128] float32 (the same value in each of the 128 lanes)."""
+  name, shapes = kwargs.get("name") or "", kwargs.get("out_shape")
+  if _phase(name) != "fwd" or not name.endswith("_residuals") or name.endswith("no_residuals"):
+    return False
+  last = shapes[-1] if isinstance(shapes, (list, tuple)) and shapes else None
+  return (getattr(last, "dtype", None) == jnp.float32 and len(last.shape) == 3
+          and last.shape[-1] == _LANES)
+
+
+def _lse_over_lanes(out: Any) -> Any:
+  """The forward kernel's outputs with its log-sum-exp as the max over its (equal) lanes.
+
+  The kernel writes m + log l, both broadcast over 128 lanes, and the kernel module keeps lane 0
+  (`lse[..., 0]`). On TPU XLA lays that slice out by first copying the whole [N, T, 128]
+  float32 array into a sequence-minor layout: per attention layer a read and a write of 128x
+  the statistic, then the slice. Given the lanes' max, XLA folds the module's slice of the
+  broadcast into one reduction that reads the array once. The same numbers either way.
+  """
+  lse = out[-1]
+  return type(out)([*out[:-1], jnp.broadcast_to(jnp.max(lse, axis=-1, keepdims=True),
+                                                 lse.shape)])
+
+
 def _head_minor(shape: tuple[int, ...], layout: Any) -> tuple[int, ...]:
   """[N, T, H] of an operand given as [N, H, T] when its layout is SEQ_MINOR."""
   if getattr(layout, "name", "HEAD_DIM_MINOR") == "SEQ_MINOR":
@@ -123,7 +152,8 @@ class _PallasWithCosts(types.ModuleType):
 
     def call(*operands):
       cost = _from_call(phase, kernel, kwargs.get("out_shape"), operands)
-      return self._real.pallas_call(kernel, cost_estimate=cost, **kwargs)(*operands)
+      out = self._real.pallas_call(kernel, cost_estimate=cost, **kwargs)(*operands)
+      return _lse_over_lanes(out) if _lse_in_lanes(kwargs) else out
 
     return call
 
