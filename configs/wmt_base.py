@@ -23,10 +23,13 @@ def get_config(arg=None):
   # at the price of a slower compile (figures: benchmarks/README.md, "TPU and GPU estimates").
   # Remat needs the loop: set model.scan_unroll=1 with model.remat.
   c.model.scan_unroll = 6
-  # Plain autodiff of the loss and the tied projection: the TPU compiler gives it fewer
-  # temporaries and a shorter step than the written-out gradients that win on CPU
-  # (benchmarks/README.md, "The loss paths on TPU").
-  c.fused_loss = False
+  # The output projection and the loss in one chunk of the whole target length, the gradient
+  # formed in the forward pass (training/projected_loss.py): no [B, T, V] logits kept, a
+  # shorter estimated step and fewer temporaries than autodiff (benchmarks/README.md).
+  c.fused_loss = True
+  c.loss_chunk = -1
+  # Where the whole logits are formed (evaluation): autodiff's tied projection, fewer
+  # temporaries on TPU than the written-out one ("The loss paths on TPU").
   c.model.fused_output = False
   c.data.dataset = "wmt14_translate/de-en"
   c.data.source_lang, c.data.target_lang = "en", "de"  # English to German, as in the paper.

@@ -23,7 +23,8 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
     ("decode.max_extra=-2", "decode.max_extra must be >= 0"),
     ("nan_policy=ignore", "nan_policy='ignore' is not valid"),
     ("profile_steps=3", "profile_steps"),
-    ("loss_chunk=7", "loss_chunk=7 must be 0 or divide"),
+    ("loss_chunk=7", "loss_chunk=7 must be 0 (no chunks)"),
+    ("loss_chunk=-2", "-1 (one chunk of the whole target length)"),
     ("grad_accum_steps=3", "not divisible by grad_accum_steps=3"),
 ])
 def test_a_bad_value_in_any_section_fails_validation_naming_it(override, message):

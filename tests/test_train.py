@@ -238,13 +238,15 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(small_files
   assert f"Resumed from step {step}" in out
 
 
-@pytest.mark.parametrize("fused,tie", [(True, True), (True, False), (False, True)])
-def test_chunked_loss_equals_the_full_loss_and_gradients(small_files, fused, tie):
+@pytest.mark.parametrize("fused,tie,chunk", [(True, True, 8), (True, False, 8), (False, True, 8),
+                                             (True, True, -1)])
+def test_chunked_loss_equals_the_full_loss_and_gradients(small_files, fused, tie, chunk):
   """loss_chunk: per-chunk logits (fused: the gradient in the forward pass, projected_loss; else
-  autodiff under jax.checkpoint) give the same loss and update, tied output layer or not."""
+  autodiff under jax.checkpoint) give the same loss and update, tied output layer or not;
+  -1: one chunk of the whole target length."""
   kw = {"model.dropout": 0.0, "model.tie_output": tie, "fused_loss": fused}
   full, inputs = train.build(small_config(small_files, **kw))
-  chunked, _ = train.build(small_config(small_files, loss_chunk=8, **kw))
+  chunked, _ = train.build(small_config(small_files, loss_chunk=chunk, **kw))
   batch = full.put_batch(next(inputs.train_iterator()[0]), local=True)
   sa, a = full.p_train_step(full.init_state(jax.random.key(0)), batch, jax.random.key(1))
   sb, b = chunked.p_train_step(chunked.init_state(jax.random.key(0)), batch, jax.random.key(1))

@@ -25,7 +25,7 @@ from ml_collections import config_dict
 from xformer import errors, model, positional, tasks
 from xformer.data import inputs
 from xformer.model import decode, splash
-from xformer.training import faults, optim, profiling
+from xformer.training import faults, losses, optim, profiling
 
 VERSION = 2  # Of the config layout; 1: model.posemb_kw flat, sizes explicit (before Tasks).
 NAN_POLICIES = ("fail", "skip")
@@ -112,6 +112,7 @@ def common(task: str) -> ml_collections.ConfigDict:
   c.fused_loss = True  # losses.fused_cross_entropy; False: autodiff of losses.cross_entropy.
   # >0: the training loss projects to the vocabulary this many target positions at a time and
   # never holds the whole [B, T, V] logits (large vocabularies); must divide max_target_len.
+  # -1: the whole target length as one chunk (whatever max_target_len is set to).
   # With fused_loss each chunk's gradient is computed in the forward pass (nothing recomputed:
   # training/projected_loss.py); without, autodiff recomputes each chunk's logits.
   c.loss_chunk = 0
@@ -202,9 +203,10 @@ def _check_lengths(config, task, cfg: model.ModelConfig) -> None:
   if chunk and any(t % chunk for t in rows):
     raise errors.ConfigError(f"model.attention_chunk={chunk} must be 0 or divide the rows' "
                              f"lengths {list(rows)}.")
-  if config.loss_chunk < 0 or (config.loss_chunk and config.data.max_target_len %
-                                config.loss_chunk):
-    raise errors.ConfigError(f"loss_chunk={config.loss_chunk} must be 0 or divide "
+  if config.loss_chunk < losses.WHOLE_SEQUENCE or (
+      config.loss_chunk > 0 and config.data.max_target_len % config.loss_chunk):
+    raise errors.ConfigError(f"loss_chunk={config.loss_chunk} must be 0 (no chunks), -1 (one "
+                             "chunk of the whole target length) or divide "
                              f"data.max_target_len={config.data.max_target_len}.")
 
 

@@ -22,6 +22,7 @@ from xformer import errors
 Array = jax.Array
 Sums = dict[str, Array]
 SUM_KEYS = ("loss", "nll", "correct", "weight")
+WHOLE_SEQUENCE = -1  # config.loss_chunk: one chunk of the whole target length.
 
 
 def validate_smoothing(vocab: int, eps: float) -> tuple[float, float, float]:

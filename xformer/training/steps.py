@@ -39,6 +39,7 @@ def loss_sums(params: Any, batch: dict[str, Array], rng: Array | None, step: Arr
     chunk: > 0 projects to the vocabulary `chunk` target positions at a time, never holding the
       whole [B, T, V] logits: with `fused`, the loss's gradient is computed in the forward pass
       (`projected_loss`); without, autodiff recomputes each chunk (`losses.chunked`).
+      losses.WHOLE_SEQUENCE (-1): the same in one chunk of the whole target length.
       unroll_chunks: without a loop (cost model).
   """
   del step
@@ -47,6 +48,7 @@ def loss_sums(params: Any, batch: dict[str, Array], rng: Array | None, step: Arr
   kw = dict(deterministic=rng is None, rng=rng)
   if chunk:
     hidden = task.apply(model, params, batch, return_hidden=True, **kw)  # [B, T, D]
+    chunk = hidden.shape[1] if chunk == losses.WHOLE_SEQUENCE else chunk
     if fused:  # The gradient in the forward pass, chunk by chunk: nothing recomputed.
       table, bias = model.apply({"params": params}, method="output_weights")
       return projected_loss.projected_cross_entropy(
