@@ -34,6 +34,30 @@ def test_active_blocks_are_the_blocks_the_dense_mask_touches(t, s, bq, bkv):
     assert splash_cost.active_blocks(t, s, bq, bkv, causal) == touched
 
 
+def test_bytes_count_the_blocks_the_pipeline_copies():
+  """Bytes written out by hand for two grids. One block per row (T = bq = bkv, the WMT case):
+  every operand is copied once per head, the segment ids once per call. Two query and two kv
+  blocks, full mask, forward kernel, grid (head, q block, kv block): q, o and the log-sum-exp
+  once per (head, q block); k and v at every step, as the kv block changes at every step; the
+  query's segment ids whenever the q block changes (head boundaries included), the keys' at
+  every step."""
+  n, h, t = 8, 64, 256
+  tokens = n * t * h * 2  # One bf16 [N, T, H] array.
+  seg_q, seg_kv = t * 128 * 4, 8 * t * 4  # int32 ids as the kernels read them, once.
+  one = dict(heads=n, q_len=t, kv_len=t, head_dim=h, head_dim_v=h, bq=t, bkv=t, causal=False,
+             itemsize=2)
+  assert splash_cost.estimate("fwd", **one).bytes_accessed == (
+      4 * tokens + n * t * 128 * 4 + seg_q + seg_kv)  # q, k, v, o; lse in 128 lanes.
+  assert splash_cost.estimate("dq", **one).bytes_accessed == (
+      5 * tokens + 2 * n * t * 4 + seg_q + seg_kv)  # q, k, v, dO, dq; lse, di as [N, 1, T].
+  assert splash_cost.estimate("dkv", **one).bytes_accessed == (
+      6 * tokens + 2 * n * 8 * t * 4 + 8 * t * 4 + t * 128 * 4)  # + dk, dv; [N, 8, T] stats.
+  two = dict(one, heads=2, q_len=512, kv_len=512)
+  block = 256 * 64 * 2  # One [bq, H] bf16 block.
+  assert splash_cost.estimate("fwd", **two).bytes_accessed == (
+      2 * 4 * block + 2 * 8 * block + 4 * 256 * 128 * 4 + 4 * 256 * 128 * 4 + 8 * 8 * 256 * 4)
+
+
 def test_phase_names_and_install_is_idempotent():
   assert splash_cost._phase("splash_mha_dkv_segmented_no_residuals") == "dkv"
   assert splash_cost._phase("splash_mqa_fwd_residuals") == "fwd"

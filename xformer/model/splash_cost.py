@@ -15,8 +15,10 @@ full mask computes every block (segment ids mask inside blocks, they skip nothin
   forward  QK^T, PV                          2 E (H + Hv) FLOPs, E exp
   dq       QK^T, dO V^T, dS K                2 E (2 H + Hv)     , E exp
   dkv      QK^T, P^T dO, dO V^T, dS^T Q      2 E (2 H + 2 Hv)   , E exp (+ 2 E H fused dq)
-Bytes: the kernel's own rows once (q and o, or k, v and their gradients), the other side's
-blocks once per active block, plus the float32 row statistics.
+Bytes: each operand's blocks times the copies Pallas' pipeline makes of them as the kernel
+walks its grid (a block is copied in when its index differs from the previous step's): for
+rows of one block, k and v once per head, not once per query block; the row statistics and
+segment ids at the tile shapes the kernels read them in ([T, 128] lanes, [8, T] sublanes).
 
 The same wrapper hands the forward kernel's log-sum-exp on as the max over its 128 equal lanes
 (`_lse_over_lanes`): XLA otherwise copies the whole lane array before keeping one lane.
@@ -30,46 +32,87 @@ from typing import Any
 
 from jax.experimental import pallas as pl
 import jax.numpy as jnp
+import numpy as np
 
 _PHASES = ("fwd", "dq", "dkv")
 _LANES = 128  # Splash keeps row statistics (logsumexp, di) as [.., T, 128] float32 lanes.
+_SUBLANES = 8
+
+
+def _active(q_len: int, kv_len: int, bq: int, bkv: int, causal: bool) -> np.ndarray:
+  """[A, 2] (query block, kv block) of the blocks a kernel computes per head, query-major."""
+  i, j = np.meshgrid(np.arange(q_len // bq), np.arange(kv_len // bkv), indexing="ij")
+  # Query block i reaches keys up to (i + 1) bq - 1.
+  keep = (j * bkv <= (i + 1) * bq - 1) | (not causal)
+  return np.stack([i[keep], j[keep]], axis=1)
 
 
 def active_blocks(q_len: int, kv_len: int, bq: int, bkv: int, causal: bool) -> int:
   """Blocks of the [q_len, kv_len] logits a kernel computes (per head)."""
-  nq, nkv = q_len // bq, kv_len // bkv
-  if not causal:
-    return nq * nkv
-  # Query block i reaches keys up to (i + 1) bq - 1: kv blocks 0 .. that // bkv.
-  return sum(min(nkv, ((i + 1) * bq - 1) // bkv + 1) for i in range(nq))
+  return len(_active(q_len, kv_len, bq, bkv, causal))
+
+
+def _copies(*index: np.ndarray) -> int:
+  """Blocks a Pallas pipeline copies over a grid walk, given each step's block index: one at
+  the first step and one at every step whose index differs from the previous step's (a
+  skipped block's index is the next computed one's, so the walk lists computed blocks only)."""
+  idx = np.stack(index, axis=1)
+  return 1 + int(np.any(idx[1:] != idx[:-1], axis=1).sum())
+
+
+def _walk(pairs: np.ndarray, heads: int, kv_major: bool) -> tuple[np.ndarray, ...]:
+  """(head, query block, kv block) per computed step, in the kernel's grid order: heads, then
+  query blocks, then kv blocks (forward, dq); kv blocks, heads, query blocks (dkv)."""
+  if not kv_major:
+    return (np.repeat(np.arange(heads), len(pairs)), np.tile(pairs[:, 0], heads),
+            np.tile(pairs[:, 1], heads))
+  steps = [(h, i, j) for j in np.unique(pairs[:, 1]) for h in range(heads)
+           for i in pairs[pairs[:, 1] == j, 0]]
+  return tuple(np.array(x) for x in zip(*steps))
+
+
+def _bytes(phase: str, pairs: np.ndarray, heads: int, bq: int, bkv: int, h: int, hv: int,
+           itemsize: int, causal: bool, segmented: bool, lse_out: bool) -> int:
+  """HBM bytes a kernel moves: each operand's block size times the copies its index map makes
+  over the grid (the operands and block shapes of jax's splash_attention_kernel)."""
+  hd, i, j = _walk(pairs, heads, kv_major=phase == "dkv")
+  rows, cols, by_i, by_j = _copies(hd, i), _copies(hd, j), _copies(i), _copies(j)
+  q_side = rows * bq * itemsize  # Per head dimension: q / dO / o / dq blocks.
+  kv_side = cols * bkv * itemsize  # k / v / dk / dv blocks.
+  if phase == "fwd":
+    total = q_side * (h + hv) + kv_side * (h + hv) + lse_out * rows * bq * _LANES * 4
+  elif phase == "dq":
+    total = q_side * (2 * h + hv) + kv_side * (h + hv) + rows * bq * 2 * 4  # lse, di [N, 1, T].
+  else:  # dkv: lse and di as [N, 8, T]; k, v in, dk, dv out.
+    total = q_side * (h + hv) + 2 * kv_side * (h + hv) + rows * bq * 2 * _SUBLANES * 4
+  # int32 segment ids (and causal query positions), broadcast to (bq, 128) / (8, bkv) tiles;
+  # the dkv kernel reads them transposed: (8, bq) and (bkv, 128).
+  q_ids, kv_ids = ((_SUBLANES, _LANES) if phase == "dkv" else (_LANES, _SUBLANES))
+  total += 4 * (segmented + causal) * by_i * bq * q_ids + 4 * segmented * by_j * bkv * kv_ids
+  return int(total)
 
 
 def estimate(phase: str, *, heads: int, q_len: int, kv_len: int, head_dim: int,
              head_dim_v: int, bq: int, bkv: int, causal: bool, itemsize: int,
-             fused_dq: bool = False) -> pl.CostEstimate:
-  """The cost of one splash kernel call ("fwd", "dq" or "dkv") over `heads` heads."""
-  blocks = active_blocks(q_len, kv_len, bq, bkv, causal)
-  logits = heads * blocks * bq * bkv  # E, all heads.
-  h, hv = head_dim, head_dim_v
-  stats = 4 * heads * _LANES  # One float32 statistic row (logsumexp or di) per token.
-  if phase == "fwd":
-    flops = 2 * logits * (h + hv)
-    own = itemsize * heads * q_len * (h + hv) + stats * q_len  # q, o, logsumexp.
-    other = itemsize * heads * blocks * bkv * (h + hv)  # k, v blocks.
-  elif phase == "dq":
-    flops = 2 * logits * (2 * h + hv)
-    own = itemsize * heads * q_len * (2 * h + hv) + 2 * stats * q_len  # q, dO, dq; lse, di.
-    other = itemsize * heads * blocks * bkv * (h + hv)
-  elif phase == "dkv":
-    flops = 2 * logits * (2 * h + 2 * hv + (h if fused_dq else 0))
-    own = 2 * itemsize * heads * kv_len * (h + hv)  # k, v, dk, dv.
-    if fused_dq:  # dq per kv block, summed outside the kernel.
-      own += itemsize * heads * q_len * h * (kv_len // bkv)
-    other = heads * blocks * bq * (itemsize * (h + hv) + 2 * 4)  # q, dO blocks; lse, di.
-  else:
+             fused_dq: bool = False, segmented: bool = True,
+             lse_out: bool = True) -> pl.CostEstimate:
+  """The cost of one splash kernel call ("fwd", "dq" or "dkv") over `heads` heads.
+
+  Args:
+    segmented: the call has segment ids. lse_out: the forward kernel writes its log-sum-exp
+      (the training forward pass; inference's does not).
+  """
+  if phase not in _PHASES:
     raise ValueError(f"unknown splash phase {phase!r}; valid: {_PHASES}.")
-  return pl.CostEstimate(flops=int(flops), transcendentals=int(logits),
-                         bytes_accessed=int(own + other))
+  pairs = _active(q_len, kv_len, bq, bkv, causal)
+  logits = heads * len(pairs) * bq * bkv  # E, all heads.
+  h, hv = head_dim, head_dim_v
+  flops = 2 * logits * {"fwd": h + hv, "dq": 2 * h + hv,
+                        "dkv": 2 * h + 2 * hv + (h if fused_dq else 0)}[phase]
+  moved = _bytes(phase, pairs, heads, bq, bkv, h, hv, itemsize, causal, segmented, lse_out)
+  if fused_dq:  # dq per kv block, summed outside the kernel.
+    moved += itemsize * heads * q_len * h * (kv_len // bkv)
+  return pl.CostEstimate(flops=int(flops), transcendentals=int(logits), bytes_accessed=moved)
 
 
 def _phase(name: str) -> str | None:
@@ -93,13 +136,16 @@ def _from_call(phase: str, kernel: Any, out_shape: Any, args: tuple[Any, ...]
     kv_len, head_dim_v = k[1], v[2]
     bq, bkv = keywords["bq"], keywords["bkv"]
     itemsize = args[3].dtype.itemsize
-  except (KeyError, TypeError, ValueError, AttributeError):
+    segmented = args[6] is not None
+  except (KeyError, TypeError, ValueError, AttributeError, IndexError):
     return None
+  lse_out = isinstance(out_shape, (list, tuple)) and out_shape[-1] is not None
   fused = phase == "dkv" and isinstance(out_shape, (list, tuple)) and len(out_shape) > 3 and (
       out_shape[3] is not None)
   return estimate(phase, heads=heads, q_len=q_len, kv_len=kv_len, head_dim=head_dim,
                   head_dim_v=head_dim_v, bq=bq, bkv=bkv, causal=args[-1] is not None,
-                  itemsize=itemsize, fused_dq=fused)
+                  itemsize=itemsize, fused_dq=fused, segmented=segmented,
+                  lse_out=lse_out)
 
 
 def _lse_in_lanes(kwargs: dict[str, Any]) -> bool:
