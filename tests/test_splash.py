@@ -2,6 +2,8 @@
 CPU: forward and gradients, causal and bidirectional, packed rows, fp32 and bf16; and when
 model.attention_impl="auto" / "splash" may use it."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,13 +45,16 @@ def _reference(q, k, v, qs, ks, causal):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)])
-def test_splash_equals_xla_attention_forward_and_gradients(causal, dtype, tol):
+@pytest.mark.parametrize("dtype,tol,t", [(jnp.float32, 2e-5, T), (jnp.bfloat16, 3e-2, T),
+                                         (jnp.float32, 2e-5, 3 * T)])
+def test_splash_equals_xla_attention_forward_and_gradients(causal, dtype, tol, t):
+  """One block of keys (T): one backward kernel forms dq, dk and dv; three blocks: a dq kernel
+  and a dkv kernel."""
   rng = np.random.default_rng(0)
   keys = jax.random.split(jax.random.key(1), 4)
-  q, k, v = (jax.random.normal(key, (2, T, 2, 64), jnp.float32) for key in keys[:3])
-  qs = _packed_segments(rng, 2, T)
-  ks = qs if causal else _packed_segments(np.random.default_rng(0), 2, T)  # Same packing.
+  q, k, v = (jax.random.normal(key, (2, t, 2, 64), jnp.float32) for key in keys[:3])
+  qs = _packed_segments(rng, 2, t)
+  ks = qs if causal else _packed_segments(np.random.default_rng(0), 2, t)  # Same packing.
   real = (qs > 0)[:, :, None, None]  # Padding queries' outputs are meaningless by design.
   cot = jax.random.normal(keys[3], q.shape) * real
 
@@ -64,7 +69,10 @@ def test_splash_equals_xla_attention_forward_and_gradients(causal, dtype, tol):
   out = fused(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32)
   want = ref(q.astype(dtype), k.astype(dtype), v.astype(dtype))
   np.testing.assert_allclose(out * real, want * real, atol=tol, rtol=tol)
-  got = jax.grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2))(q, k, v)
+  grad = jax.grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2))
+  kernels = set(re.findall(r"name=splash_mha_([a-z]+)_", str(jax.make_jaxpr(grad)(q, k, v))))
+  assert kernels == ({"fwd", "dkv"} if t == T else {"fwd", "dq", "dkv"}), kernels
+  got = grad(q, k, v)
   exp = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))(q, k, v)
   for name, g, e in zip("qkv", got, exp):
     np.testing.assert_allclose(g, e, atol=5 * tol, rtol=5 * tol, err_msg=name)

@@ -71,9 +71,13 @@ def _kernel(q_len: int, kv_len: int, heads: int, causal: bool, interpret: bool):
   shape = (q_len, kv_len)
   mask = sm.MultiHeadMask([sm.CausalMask(shape) if causal else sm.FullMask(shape)] * heads)
   bq, bkv = _block(q_len), _block(kv_len)
+  # Keys in one block: the dkv kernel also forms dq, whole (one backward kernel, and QK^T and
+  # dO V^T computed once, not again by a dq kernel). With more kv blocks the fused kernel
+  # writes a partial dq per kv block, summed afterwards in the input dtype: a dq kernel then.
+  dq = {"use_fused_bwd_kernel": True} if kv_len == bkv else {"block_q_dq": bq,
+                                                             "block_kv_dq": bkv}
   sizes = sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
-                        block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
-                        block_kv_dq=bkv, **_LAYOUT)
+                        block_kv_dkv=bkv, block_kv_dkv_compute=bkv, **dq, **_LAYOUT)
   return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
                             interpret=interpret, residual_checkpoint_name=SAVED_NAME)
 
