@@ -8,7 +8,9 @@ positions is projected to the vocabulary, scored, and turned at once into its sh
 hidden states' gradient ([B, c, D]) and of the output weights' gradient (summed in float32 over
 the chunks). Nothing of the [B, T, V] logits outlives its chunk, and nothing is recomputed: the
 step does the same three [.., D] x [D, V] products as autodiff, where `losses.chunked`
-(checkpointed chunks, the autodiff path) does four.
+(checkpointed chunks, the autodiff path) does four. The three share one set of exponentials
+exp(logits - max): times [table | 1] for the hidden states' gradient and the normaliser, times
+the rows h w / s for the table's (`_table_grads`), whose q part is a scatter of the targets'.
 
 Over a mesh whose batch axes split the rows, each shard runs the chunks on its own rows and
 the shards' sums of the weights' gradient meet once (one reduction per step, as autodiff's);
@@ -169,11 +171,7 @@ def _projected_fwd(hidden, table, bias, targets, weights, static):
     q_rows = low * row_sum + (confidence - low) * jnp.take(table, tg, axis=0).astype(
         jnp.float32)  # [B, c, D]
     d_h = w[..., None] * (u / s[..., None] - q_rows)  # [B, c, D]
-    d_logits = losses.d_logits(logits, lse, tg, w, jnp.zeros_like(w), eps).astype(h.dtype)
-    d_table = d_table + jnp.einsum("bcv,bcd->vd", d_logits, h,
-                                   preferred_element_type=jnp.float32)
-    if d_bias is not None:
-      d_bias = d_bias + jnp.sum(d_logits.astype(jnp.float32), axis=(0, 1))
+    d_table, d_bias = _table_grads(d_table, d_bias, e, h, tg, w / s, w, confidence, low)
     return (sums, d_table, d_bias), d_h.astype(h.dtype)  # [B, c, D]
 
   init = (_zeros(), jnp.zeros(table.shape, jnp.float32),
@@ -184,6 +182,32 @@ def _projected_fwd(hidden, table, bias, targets, weights, static):
   # The float32 sums stay float32 until scaled (the table's gradient is the step's largest
   # accumulation); d_hidden is in hidden's dtype, as autodiff's would be.
   return out, (d_hidden, d_table, d_bias)
+
+
+def _table_grads(d_table: Array, d_bias: Array | None, e: Array, h: Array, targets: Array,
+                 scale: Array, w: Array, confidence: float, low: float
+                 ) -> tuple[Array, Array | None]:
+  """d_table + sum_n w_n (p_n - q_n) h_n (and d_bias + sum_n w_n (p_n - q_n)) over a chunk.
+
+  p_nv = e_nv / s_n, so the p part is one product of the exponentials already formed for the
+  normaliser with the rows h_n w_n / s_n (no pass of its own over [B, c, V] for the d_logits);
+  q's parts are low on every vocabulary row and (confidence - low) on each target's row (a
+  scatter-add of B c rows).
+
+  Args:
+    e: [B, c, V] exponentials, h's dtype. h: [B, c, D]. targets, w: [B, c].
+    scale: [B, c] float32 w / s.
+  """
+  wh = (w[..., None] * h.astype(jnp.float32)).reshape(-1, h.shape[-1])  # [B c, D]
+  rows = targets.reshape(-1)  # [B c]
+  hs = (h * scale[..., None]).astype(h.dtype)  # [B, c, D]
+  d_table = d_table + jnp.einsum("bcv,bcd->vd", e, hs, preferred_element_type=jnp.float32)
+  d_table = (d_table - low * jnp.sum(wh, axis=0)).at[rows].add(-(confidence - low) * wh)
+  if d_bias is not None:
+    d_bias = d_bias + jnp.einsum("bcv,bc->v", e, scale.astype(e.dtype),
+                                 preferred_element_type=jnp.float32)
+    d_bias = (d_bias - low * jnp.sum(w)).at[rows].add(-(confidence - low) * w.reshape(-1))
+  return d_table, d_bias
 
 
 def _projected_bwd(static, residuals, g):
