@@ -10,7 +10,7 @@ the chunks). Nothing of the [B, T, V] logits outlives its chunk, and nothing is 
 step does the same three [.., D] x [D, V] products as autodiff, where `losses.chunked`
 (checkpointed chunks, the autodiff path) does four. The three share one set of exponentials
 exp(logits - max): times [table | 1] for the hidden states' gradient and the normaliser, times
-the rows h w / s for the table's (`_table_grads`), whose q part is a scatter of the targets'.
+the rows h w / s for the table's (`_p_part`); the table's q part needs no logits (`_q_part`).
 
 Over a mesh whose batch axes split the rows, each shard runs the chunks on its own rows and
 the shards' sums of the weights' gradient meet once (one reduction per step, as autodiff's);
@@ -171,11 +171,10 @@ def _projected_fwd(hidden, table, bias, targets, weights, static):
     q_rows = low * row_sum + (confidence - low) * jnp.take(table, tg, axis=0).astype(
         jnp.float32)  # [B, c, D]
     d_h = w[..., None] * (u / s[..., None] - q_rows)  # [B, c, D]
-    d_table, d_bias = _table_grads(d_table, d_bias, e, h, tg, w / s, w, confidence, low)
+    d_table, d_bias = _p_part(d_table, d_bias, e, h, w / s)
     return (sums, d_table, d_bias), d_h.astype(h.dtype)  # [B, c, D]
 
-  init = (_zeros(), jnp.zeros(table.shape, jnp.float32),
-          None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+  init = (_zeros(), *_q_part(hidden, targets, weights, vocab, confidence, low, bias is not None))
   (sums, d_table, d_bias), d_h = _scan(one, init, hidden, targets, weights, chunk, unroll)
   d_hidden = d_h.swapaxes(0, 1).reshape(hidden.shape)  # [B, T, D]
   out = (sums["loss"], {k: sums[k] for k in ("nll", "correct", "weight")})
@@ -184,30 +183,40 @@ def _projected_fwd(hidden, table, bias, targets, weights, static):
   return out, (d_hidden, d_table, d_bias)
 
 
-def _table_grads(d_table: Array, d_bias: Array | None, e: Array, h: Array, targets: Array,
-                 scale: Array, w: Array, confidence: float, low: float
-                 ) -> tuple[Array, Array | None]:
-  """d_table + sum_n w_n (p_n - q_n) h_n (and d_bias + sum_n w_n (p_n - q_n)) over a chunk.
-
-  p_nv = e_nv / s_n, so the p part is one product of the exponentials already formed for the
-  normaliser with the rows h_n w_n / s_n (no pass of its own over [B, c, V] for the d_logits);
-  q's parts are low on every vocabulary row and (confidence - low) on each target's row (a
-  scatter-add of B c rows).
+def _p_part(d_table: Array, d_bias: Array | None, e: Array, h: Array, scale: Array
+            ) -> tuple[Array, Array | None]:
+  """d_table + sum_n w_n p_n h_n (d_bias + sum_n w_n p_n) over a chunk: p_nv = e_nv / s_n, so
+  one product of the exponentials already formed for the normaliser with the rows h_n w_n / s_n
+  (no pass of its own over [B, c, V] forming the logits' gradient).
 
   Args:
-    e: [B, c, V] exponentials, h's dtype. h: [B, c, D]. targets, w: [B, c].
-    scale: [B, c] float32 w / s.
+    e: [B, c, V] exponentials, h's dtype. h: [B, c, D]. scale: [B, c] float32 w / s.
   """
-  wh = (w[..., None] * h.astype(jnp.float32)).reshape(-1, h.shape[-1])  # [B c, D]
-  rows = targets.reshape(-1)  # [B c]
   hs = (h * scale[..., None]).astype(h.dtype)  # [B, c, D]
   d_table = d_table + jnp.einsum("bcv,bcd->vd", e, hs, preferred_element_type=jnp.float32)
-  d_table = (d_table - low * jnp.sum(wh, axis=0)).at[rows].add(-(confidence - low) * wh)
   if d_bias is not None:
     d_bias = d_bias + jnp.einsum("bcv,bc->v", e, scale.astype(e.dtype),
                                  preferred_element_type=jnp.float32)
-    d_bias = (d_bias - low * jnp.sum(w)).at[rows].add(-(confidence - low) * w.reshape(-1))
   return d_table, d_bias
+
+
+def _q_part(hidden: Array, targets: Array, weights: Array, vocab: int, confidence: float,
+            low: float, bias: bool) -> tuple[Array, Array | None]:
+  """-sum_n w_n q_n h_n (and -sum_n w_n q_n) over every position at once, the part of the
+  table's gradient that needs no logits: low on every vocabulary row, (confidence - low) on
+  each target's row (one scatter-add of the B T rows, not one per chunk into the sum).
+
+  Args:
+    hidden: [B, T, D]. targets, weights: [B, T]. Returns [V, D] and [V] (or None) float32.
+  """
+  wh = (weights[..., None] * hidden.astype(jnp.float32)).reshape(-1, hidden.shape[-1])  # [B T, D]
+  rows = targets.reshape(-1)  # [B T]
+  d_table = jnp.broadcast_to(-low * jnp.sum(wh, axis=0), (vocab, wh.shape[-1]))
+  d_table = d_table.at[rows].add(-(confidence - low) * wh)
+  if not bias:
+    return d_table, None
+  d_bias = jnp.full((vocab,), -low * jnp.sum(weights))
+  return d_table, d_bias.at[rows].add(-(confidence - low) * weights.reshape(-1))
 
 
 def _projected_bwd(static, residuals, g):
