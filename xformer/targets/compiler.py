@@ -214,10 +214,21 @@ def _compile_step(run: Run, name: str, target: targets.Target) -> dict[str, Any]
            "unpriced_custom_calls": [call for call, priced in calls if not priced]}
   if target.platform != "tpu":
     entry["unpriced_custom_calls"] = []  # No cost model to price them.
-    whole = flops.lowered_flops(lowered)  # GPU executables carry no cost analysis.
+    whole = _one_device_flops(run, name, target)  # GPU executables carry no cost analysis.
     entry["flops"] = whole and whole / target.devices
   entry["fits"] = entry["peak_memory_per_device_gib"] <= target.chip.hbm_gib
   return entry
+
+
+def _one_device_flops(run: Run, name: str, target: targets.Target) -> float | None:
+  """FLOPs of step `name` as one device of `target`'s kind would run it at the same global
+  batch, from its lowering, layers and loss chunks unrolled (a loop body counts once). One
+  device, because a lowered module holds a shard_map's body once, at one shard's shapes (the
+  projected loss, per-shard kernels): over N devices it would count 1/N of that work."""
+  config = run.config.copy_and_resolve_references()
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  fn, args = step_and_args(_unrolled(build_run(config, targets.parse(target.chip_name))), name)
+  return flops.lowered_flops(fn.lower(*args))
 
 
 def _argument_gib(args: Any) -> float:
@@ -272,11 +283,8 @@ def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
          "flops_per_step": train["flops"] and train["flops"] * target.devices,
          "est_step_s": None, "est_tokens_per_s": None, "est_mfu": None, "estimated_from": None}
   loops = _loops(run)
-  if target.platform != "tpu":  # GPU: no time model; FLOPs from a lowering (cheap), unrolled.
-    if loops:
-      fn, args = step_and_args(_unrolled(run), "train")
-      out["flops_per_step"] = flops.lowered_flops(fn.lower(*args))
-      out["estimated_from"] = "unrolled lowering of the same step (FLOPs only)"
+  if target.platform != "tpu":  # GPU: no time model; FLOPs from a lowering (_one_device_flops).
+    out["estimated_from"] = "unrolled lowering of the same step on one device (FLOPs only)"
     return out
   if not estimate:
     return out
