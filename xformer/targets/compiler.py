@@ -180,8 +180,10 @@ def _compile_config(config: ml_collections.ConfigDict, target: targets.Target, e
       "peak_source": target.chip.source, "num_params": run.num_params,
       "attention": run.attention, "row_lengths": list(run.task.row_lengths(config.data)),
       "steps": {}}
+  # GPU executables carry no cost analysis: FLOPs from lowering each step on one device.
+  counted = _one_device(run, target) if target.platform != "tpu" else None
   for name in steps:
-    report["steps"][name] = _compile_step(run, name, target)
+    report["steps"][name] = _compile_step(run, name, target, counted)
   train = report["steps"]["train"]
   report.update({k: train[k] for k in ("compile_s", "peak_memory_per_device_gib",
                                        "unpriced_custom_calls")})
@@ -190,9 +192,11 @@ def _compile_config(config: ml_collections.ConfigDict, target: targets.Target, e
   return report
 
 
-def _compile_step(run: Run, name: str, target: targets.Target) -> dict[str, Any]:
+def _compile_step(run: Run, name: str, target: targets.Target, counted: Run | None
+                  ) -> dict[str, Any]:
   """Compiles one step; its memory, FLOPs, estimated time, kernels and whether it fits. A step
-  the TPU compiler itself refuses for lack of HBM is reported as not fitting."""
+  the TPU compiler itself refuses for lack of HBM is reported as not fitting. `counted`: the
+  run whose lowering gives the FLOPs (GPU; see _one_device)."""
   start = time.perf_counter()
   fn, args = step_and_args(run, name)
   lowered = fn.lower(*args)
@@ -214,21 +218,21 @@ def _compile_step(run: Run, name: str, target: targets.Target) -> dict[str, Any]
            "unpriced_custom_calls": [call for call, priced in calls if not priced]}
   if target.platform != "tpu":
     entry["unpriced_custom_calls"] = []  # No cost model to price them.
-    whole = _one_device_flops(run, name, target)  # GPU executables carry no cost analysis.
+    fn, args = step_and_args(counted, name)
+    whole = flops.lowered_flops(fn.lower(*args))
     entry["flops"] = whole and whole / target.devices
   entry["fits"] = entry["peak_memory_per_device_gib"] <= target.chip.hbm_gib
   return entry
 
 
-def _one_device_flops(run: Run, name: str, target: targets.Target) -> float | None:
-  """FLOPs of step `name` as one device of `target`'s kind would run it at the same global
-  batch, from its lowering, layers and loss chunks unrolled (a loop body counts once). One
-  device, because a lowered module holds a shard_map's body once, at one shard's shapes (the
-  projected loss, per-shard kernels): over N devices it would count 1/N of that work."""
+def _one_device(run: Run, target: targets.Target) -> Run:
+  """The run as one device of `target`'s kind would train it at the same global batch, layers
+  and loss chunks unrolled (a loop body counts once): its lowerings count the FLOPs of all
+  devices. One device, because a lowered module holds a shard_map's body once, at one shard's
+  shapes (the projected loss, per-shard kernels): over N devices it would count 1/N of that."""
   config = run.config.copy_and_resolve_references()
   config.mesh.update(data=-1, fsdp=1, tensor=1)
-  fn, args = step_and_args(_unrolled(build_run(config, targets.parse(target.chip_name))), name)
-  return flops.lowered_flops(fn.lower(*args))
+  return _unrolled(build_run(config, targets.parse(target.chip_name)))
 
 
 def _argument_gib(args: Any) -> float:
@@ -282,13 +286,12 @@ def _throughput(run: Run, target: targets.Target, train: dict[str, Any],
   out = {**step_size(run),
          "flops_per_step": train["flops"] and train["flops"] * target.devices,
          "est_step_s": None, "est_tokens_per_s": None, "est_mfu": None, "estimated_from": None}
-  loops = _loops(run)
-  if target.platform != "tpu":  # GPU: no time model; FLOPs from a lowering (_one_device_flops).
+  if target.platform != "tpu":  # GPU: no time model; FLOPs from lowerings (_one_device).
     out["estimated_from"] = "unrolled lowering of the same step on one device (FLOPs only)"
     return out
   if not estimate:
     return out
-  step_s, out["estimated_from"], flops_per_device = _estimate(run, train, loops)
+  step_s, out["estimated_from"], flops_per_device = _estimate(run, train, _loops(run))
   if flops_per_device:
     out["flops_per_step"] = flops_per_device * target.devices
   if step_s:
