@@ -148,11 +148,11 @@ def _from_call(phase: str, kernel: Any, out_shape: Any, args: tuple[Any, ...]
                   lse_out=lse_out)
 
 
-def _lse_in_lanes(kwargs: dict[str, Any]) -> bool:
-  """Whether a pallas_call is the forward kernel that returns its rows' log-sum-exp last, as
-  [N, T, 128] float32 (the same value in each of the 128 lanes)."""
+def _lse_in_lanes(phase: str, kwargs: dict[str, Any]) -> bool:
+  """Whether a splash pallas_call is the forward kernel that returns its rows' log-sum-exp
+  last, as [N, T, 128] float32 (the same value in each of the 128 lanes)."""
   name, shapes = kwargs.get("name") or "", kwargs.get("out_shape")
-  if _phase(name) != "fwd" or not name.endswith("_residuals") or name.endswith("no_residuals"):
+  if phase != "fwd" or not name.endswith("_residuals") or name.endswith("no_residuals"):
     return False
   last = shapes[-1] if isinstance(shapes, (list, tuple)) and shapes else None
   return (getattr(last, "dtype", None) == jnp.float32 and len(last.shape) == 3
@@ -195,11 +195,12 @@ class _PallasWithCosts(types.ModuleType):
     phase = _phase(kwargs.get("name") or "")
     if phase is None or kwargs.get("cost_estimate") is not None or args:
       return self._real.pallas_call(kernel, *args, **kwargs)
+    lanes = _lse_in_lanes(phase, kwargs)
 
     def call(*operands):
       cost = _from_call(phase, kernel, kwargs.get("out_shape"), operands)
       out = self._real.pallas_call(kernel, cost_estimate=cost, **kwargs)(*operands)
-      return _lse_over_lanes(out) if _lse_in_lanes(kwargs) else out
+      return _lse_over_lanes(out) if lanes else out
 
     return call
 
